@@ -1,0 +1,295 @@
+"""The frozen config model the runtime reads: listeners, routes, clusters, endpoints.
+
+Built only by ``config.translate`` from Envoy's protobuf messages; nothing on
+the hot path touches protobuf.  Durations are float seconds, ``None`` meaning
+"disabled".  Every object is immutable: a new config is a new object graph.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any, Union
+
+from config.matchers import StringMatcher
+
+
+@dataclass(frozen=True, slots=True)
+class SocketAddress:
+    address: str
+    port: int
+    ipv4_compat: bool = False
+
+    @property
+    def is_ipv6(self) -> bool:
+        return ":" in self.address
+
+
+# --- headers -----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class HeaderValueOption:
+    """envoy.config.core.v3.HeaderValueOption: a header to add, and how."""
+
+    name: str                # lower-case
+    value: str
+    # APPEND_IF_EXISTS_OR_ADD | ADD_IF_ABSENT | OVERWRITE_IF_EXISTS_OR_ADD | OVERWRITE_IF_EXISTS
+    action: str = "APPEND_IF_EXISTS_OR_ADD"
+    keep_empty_value: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HeaderMutations:
+    """One level's *_headers_to_add / *_headers_to_remove."""
+
+    add: tuple[HeaderValueOption, ...] = ()
+    remove: tuple[str, ...] = ()
+
+    def __bool__(self) -> bool:
+        return bool(self.add or self.remove)
+
+
+NO_MUTATIONS = HeaderMutations()
+
+
+# --- route matching -----------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class HeaderMatcher:
+    """envoy.config.route.v3.HeaderMatcher, all legacy forms folded into one."""
+
+    name: str                                   # lower-case
+    string: StringMatcher | None = None         # exact/prefix/suffix/contains/regex
+    present: bool | None = None                 # present_match
+    range: tuple[int, int] | None = None        # [start, end)
+    invert: bool = False
+    treat_missing_as_empty: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class QueryParameterMatcher:
+    name: str
+    string: StringMatcher | None = None
+    present: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class RouteMatch:
+    # "prefix" | "path" | "safe_regex" | "path_separated_prefix"
+    kind: str
+    value: str                                  # the prefix/path/regex text
+    case_sensitive: bool = True
+    regex: Any = None                           # compiled RE2 pattern when kind == "safe_regex"
+    headers: tuple[HeaderMatcher, ...] = ()
+    query_parameters: tuple[QueryParameterMatcher, ...] = ()
+
+
+# --- route actions ------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class RegexRewrite:
+    pattern: Any                                # compiled RE2 pattern
+    substitution: str                           # RE2 syntax: \1 for groups
+
+
+@dataclass(frozen=True, slots=True)
+class WeightedClusterEntry:
+    name: str
+    weight: int
+    request_headers: HeaderMutations = NO_MUTATIONS
+    response_headers: HeaderMutations = NO_MUTATIONS
+    host_rewrite_literal: str | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class RouteAction:
+    """Forward to a cluster (one, or a weighted split)."""
+
+    cluster: str | None = None
+    cluster_header: str | None = None
+    weighted_clusters: tuple[WeightedClusterEntry, ...] = ()
+    total_weight: int = 0
+    cluster_not_found_response_code: int = 503
+    prefix_rewrite: str | None = None
+    regex_rewrite: RegexRewrite | None = None
+    host_rewrite_literal: str | None = None
+    auto_host_rewrite: bool = False
+    timeout: float | None = 15.0                # Envoy's default; None = disabled
+
+
+@dataclass(frozen=True, slots=True)
+class RedirectAction:
+    scheme: str | None = None                   # https_redirect sets "https"
+    host: str | None = None
+    port: int | None = None
+    path: str | None = None
+    prefix_rewrite: str | None = None
+    regex_rewrite: RegexRewrite | None = None
+    response_code: int = 301
+    strip_query: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DirectResponseAction:
+    status: int
+    body: bytes | None = None
+
+
+Action = Union[RouteAction, RedirectAction, DirectResponseAction]
+
+
+@dataclass(frozen=True, slots=True)
+class Route:
+    match: RouteMatch
+    action: Action
+    name: str = ""
+    request_headers: HeaderMutations = NO_MUTATIONS
+    response_headers: HeaderMutations = NO_MUTATIONS
+
+
+@dataclass(frozen=True, slots=True)
+class VirtualHost:
+    name: str
+    domains: tuple[str, ...]
+    routes: tuple[Route, ...]
+    request_headers: HeaderMutations = NO_MUTATIONS
+    response_headers: HeaderMutations = NO_MUTATIONS
+
+
+@dataclass(frozen=True, slots=True)
+class RouteConfig:
+    name: str
+    virtual_hosts: tuple[VirtualHost, ...]
+    request_headers: HeaderMutations = NO_MUTATIONS
+    response_headers: HeaderMutations = NO_MUTATIONS
+
+
+# --- network filters ------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class HttpFilterConfig:
+    """One entry of http_filters: the Envoy name and its parsed config."""
+
+    name: str
+    type_url: str
+    config: Any = None
+    is_optional: bool = False
+    disabled: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class HttpConnectionManager:
+    stat_prefix: str
+    route_config: RouteConfig
+    http_filters: tuple[HttpFilterConfig, ...]
+    codec_type: str = "AUTO"                    # AUTO | HTTP1
+    use_remote_address: bool = False
+    xff_num_trusted_hops: int = 0
+    skip_xff_append: bool = False
+    generate_request_id: bool = True
+    preserve_external_request_id: bool = False
+    server_name: str = "envoy"
+    # OVERWRITE | APPEND_IF_ABSENT | PASS_THROUGH
+    server_header_transformation: str = "OVERWRITE"
+    max_request_headers_kb: int = 60
+    max_headers_count: int = 100
+    accept_http_10: bool = False
+    default_host_for_http_10: str = ""
+    stream_idle_timeout: float | None = 300.0
+    request_timeout: float | None = None
+    request_headers_timeout: float | None = None
+    idle_timeout: float | None = 3600.0         # common_http_protocol_options.idle_timeout
+    drain_timeout: float = 5.0
+    max_requests_per_connection: int = 0
+    suppress_envoy_headers: bool = False        # from the router filter's config
+
+
+@dataclass(frozen=True, slots=True)
+class TcpProxy:
+    stat_prefix: str
+    cluster: str | None = None
+    weighted_clusters: tuple[tuple[str, int], ...] = ()
+    idle_timeout: float | None = 3600.0         # Envoy's default: 1 hour
+
+
+NetworkFilter = Union[HttpConnectionManager, TcpProxy]
+
+
+@dataclass(frozen=True, slots=True)
+class FilterChain:
+    name: str
+    filter: NetworkFilter
+
+
+@dataclass(frozen=True, slots=True)
+class Listener:
+    name: str
+    address: SocketAddress
+    filter_chain: FilterChain
+    per_connection_buffer_limit_bytes: int = 1024 * 1024
+    bind_to_port: bool = True
+    stat_prefix: str = ""
+
+
+# --- clusters --------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Endpoint:
+    address: SocketAddress
+    weight: int = 1
+    # UNKNOWN | HEALTHY | UNHEALTHY | DRAINING | TIMEOUT | DEGRADED
+    health_status: str = "UNKNOWN"
+    hostname: str = ""
+    priority: int = 0
+
+    @property
+    def usable(self) -> bool:
+        """Envoy routes to UNKNOWN, HEALTHY and DEGRADED hosts only."""
+        return self.health_status in ("UNKNOWN", "HEALTHY", "DEGRADED")
+
+
+@dataclass(frozen=True, slots=True)
+class Cluster:
+    name: str
+    type: str = "STATIC"                        # STATIC | STRICT_DNS
+    endpoints: tuple[Endpoint, ...] = ()
+    lb_policy: str = "ROUND_ROBIN"              # ROUND_ROBIN | RANDOM | LEAST_REQUEST
+    least_request_choice_count: int = 2
+    connect_timeout: float = 5.0
+    per_connection_buffer_limit_bytes: int = 1024 * 1024
+    idle_timeout: float | None = 3600.0         # upstream pooled connection idle timeout
+    max_requests_per_connection: int = 0        # 0 = unlimited
+    dns_refresh_rate: float = 5.0
+    dns_lookup_family: str = "AUTO"             # AUTO | V4_ONLY | V6_ONLY | V4_PREFERRED | ALL
+
+
+# --- bootstrap -------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Node:
+    id: str = ""
+    cluster: str = ""
+    zone: str = ""
+    region: str = ""
+    sub_zone: str = ""
+    metadata: dict[str, Any] = field(default_factory=dict, hash=False, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class Admin:
+    address: SocketAddress
+
+
+@dataclass(frozen=True, slots=True)
+class Snapshot:
+    """A whole, validated config: what the runtime swaps atomically."""
+
+    node: Node
+    admin: Admin | None
+    listeners: tuple[Listener, ...]
+    clusters: tuple[Cluster, ...]
+
+    def cluster(self, name: str) -> Cluster | None:
+        for c in self.clusters:
+            if c.name == name:
+                return c
+        return None

@@ -1,1 +1,1 @@
-
+"""HTTP filters, one folder each: config parsing (factory.py) and the filter (filter.py)."""

@@ -1,1 +1,1 @@
-
+"""Network filters: tcp_proxy, and the glue that starts the HTTP connection manager."""

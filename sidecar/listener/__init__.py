@@ -1,1 +1,1 @@
-
+"""Listeners: binding sockets, handing accepted connections to their network filter."""

@@ -1,1 +1,1 @@
-
+"""Upstream side: clusters, hosts, load balancers, connection pools, DNS."""

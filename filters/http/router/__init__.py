@@ -1,1 +1,1 @@
-
+"""envoy.filters.http.router: the terminal filter that forwards to the upstream cluster."""

@@ -1,0 +1,1 @@
+"""envoy.filters.network.tcp_proxy: L4 proxying to a cluster, with half-close and idle timeout."""

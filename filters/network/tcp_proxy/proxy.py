@@ -1,0 +1,252 @@
+"""TCP proxying: bytes both ways with backpressure, half-close in each direction, idle timeout.
+
+The downstream connection is held (not read) until the upstream connects, so
+nothing is buffered for a connection that fails; then each side's writes
+above the watermark pause the other side's reads.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import random
+from typing import Any
+
+from config import model
+from sidecar.listener.half_close import shutdown_write
+from sidecar.stats import TcpStats
+
+log = logging.getLogger(__name__)
+
+
+class TcpProxyContext:
+    """Shared by every connection of one tcp_proxy filter chain (one config version)."""
+
+    def __init__(self, config: model.TcpProxy, cluster_manager: Any, stats: TcpStats,
+                 buffer_limit: int) -> None:
+        self.config = config
+        self.cluster_manager = cluster_manager
+        self.stats = stats
+        self.buffer_limit = buffer_limit
+        self.loop = asyncio.get_running_loop()
+        self.connections: set[TcpProxyDownstream] = set()
+
+    def pick_cluster(self) -> str:
+        if self.config.cluster:
+            return self.config.cluster
+        total = sum(w for _, w in self.config.weighted_clusters)
+        pick = random.randrange(total)
+        for name, weight in self.config.weighted_clusters:
+            pick -= weight
+            if pick < 0:
+                return name
+        return self.config.weighted_clusters[-1][0]
+
+    def drain(self) -> None:
+        """tcp_proxy connections are not interrupted by a drain; they end on their own."""
+
+
+class _Side(asyncio.Protocol):
+    """One end of the proxied pair; ``peer`` is the other end."""
+
+    def __init__(self) -> None:
+        self.transport: asyncio.Transport | None = None
+        self.peer: _Side | None = None
+        self.read_eof = False        # this side sent FIN
+        self.write_eof = False       # we sent FIN to this side
+        self.eof_pending = False     # FIN to send once our write buffer drains
+        self.closed = False
+
+    def send(self, data: bytes) -> None:
+        self.transport.write(data)  # type: ignore[union-attr]
+
+    def half_close(self) -> None:
+        """Forward the other side's FIN once everything before it is written."""
+        if self.closed or self.write_eof:
+            return
+        if shutdown_write(self.transport):  # type: ignore[arg-type]
+            self.write_eof = True
+            self.eof_pending = False
+            self.owner.maybe_finish()
+        else:
+            # Ask for resume_writing() when the buffer is empty, then retry.
+            self.eof_pending = True
+            self.transport.set_write_buffer_limits(high=0, low=0)  # type: ignore[union-attr]
+
+    def pause_writing(self) -> None:
+        if self.peer is not None and self.peer.transport is not None and not self.peer.closed:
+            self.peer.transport.pause_reading()
+
+    def resume_writing(self) -> None:
+        if self.eof_pending:
+            self.half_close()
+            return
+        if self.peer is not None and self.peer.transport is not None and not self.peer.closed:
+            if not self.peer.read_eof:
+                self.peer.transport.resume_reading()
+
+    def data_received(self, data: bytes) -> None:
+        self.owner.touch()
+        self.count(len(data))
+        peer = self.peer
+        if peer is not None and not peer.closed:
+            peer.send(data)
+
+    def eof_received(self) -> bool:
+        self.read_eof = True
+        if self.peer is not None:
+            self.peer.half_close()
+        self.owner.maybe_finish()
+        return True     # keep our write side open: the other direction may still flow
+
+    @property
+    def owner(self) -> TcpProxyDownstream:
+        raise NotImplementedError
+
+    def count(self, n: int) -> None:
+        raise NotImplementedError
+
+
+class TcpProxyUpstream(_Side):
+    def __init__(self, downstream: TcpProxyDownstream) -> None:
+        super().__init__()
+        self.downstream = downstream
+        self.peer = downstream
+
+    @property
+    def owner(self) -> TcpProxyDownstream:
+        return self.downstream
+
+    def count(self, n: int) -> None:
+        self.downstream.cluster_stats.upstream_cx_rx_bytes_total += n
+        self.downstream.ctx.stats.downstream_cx_tx_bytes_total += n
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(self.downstream.ctx.buffer_limit)  # type: ignore[attr-defined]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.downstream.cluster_stats.upstream_cx_active -= 1
+        self.downstream.cluster_stats.upstream_cx_destroy += 1
+        self.downstream.close()
+
+
+class TcpProxyDownstream(_Side):
+    def __init__(self, ctx: TcpProxyContext) -> None:
+        super().__init__()
+        self.ctx = ctx
+        self.upstream: TcpProxyUpstream | None = None
+        self.cluster_stats: Any = None
+        self.connect_task: asyncio.Task[None] | None = None
+        self.last_activity = 0.0
+        self.idle_handle: asyncio.TimerHandle | None = None
+
+    @property
+    def owner(self) -> TcpProxyDownstream:
+        return self
+
+    def count(self, n: int) -> None:
+        self.ctx.stats.downstream_cx_rx_bytes_total += n
+        self.cluster_stats.upstream_cx_tx_bytes_total += n
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(self.ctx.buffer_limit)  # type: ignore[attr-defined]
+        transport.pause_reading()  # type: ignore[attr-defined]
+        self.ctx.stats.downstream_cx_total += 1
+        self.ctx.connections.add(self)
+        self.connect_task = self.ctx.loop.create_task(self._connect())
+
+    async def _connect(self) -> None:
+        ctx = self.ctx
+        name = ctx.pick_cluster()
+        cluster = ctx.cluster_manager.get(name)
+        if cluster is None:
+            ctx.stats.downstream_cx_no_route += 1
+            self.close()
+            return
+        self.cluster_stats = stats = cluster.stats
+        host = cluster.choose_host()
+        if host is None:
+            stats.upstream_cx_none_healthy += 1
+            self.close()
+            return
+        stats.upstream_cx_total += 1
+        try:
+            async with asyncio.timeout(cluster.config.connect_timeout):
+                _, upstream = await ctx.loop.create_connection(
+                    lambda: TcpProxyUpstream(self), host.address, host.port)
+        except (OSError, TimeoutError) as e:
+            stats.upstream_cx_connect_fail += 1
+            if isinstance(e, TimeoutError):
+                stats.upstream_cx_connect_timeout += 1
+            log.debug("tcp_proxy %s: connect to %s failed: %r", ctx.config.stat_prefix, host.label, e)
+            self.close()
+            return
+        stats.upstream_cx_active += 1
+        if self.closed:
+            upstream.transport.close()  # type: ignore[union-attr]
+            return
+        self.upstream = upstream
+        self.peer = upstream
+        if self.read_eof:
+            upstream.half_close()
+        else:
+            self.transport.resume_reading()  # type: ignore[union-attr]
+        self.touch()
+
+    def eof_received(self) -> bool:
+        if self.upstream is None:
+            self.read_eof = True
+            return True   # the FIN is forwarded once the upstream connects
+        return super().eof_received()
+
+    def maybe_finish(self) -> None:
+        """Both directions have ended: close both connections."""
+        up = self.upstream
+        if up is None:
+            return
+        if self.read_eof and up.write_eof and up.read_eof and self.write_eof:
+            self.close()
+
+    def touch(self) -> None:
+        timeout = self.ctx.config.idle_timeout
+        if timeout is None:
+            return
+        self.last_activity = self.ctx.loop.time()
+        if self.idle_handle is None:
+            self.idle_handle = self.ctx.loop.call_later(timeout, self._idle_check)
+
+    def _idle_check(self) -> None:
+        self.idle_handle = None
+        if self.closed:
+            return
+        timeout = self.ctx.config.idle_timeout
+        remaining = self.last_activity + timeout - self.ctx.loop.time()  # type: ignore[operator]
+        if remaining > 0:
+            self.idle_handle = self.ctx.loop.call_later(remaining, self._idle_check)
+            return
+        self.ctx.stats.idle_timeout += 1
+        self.close()
+
+    def close(self) -> None:
+        if not self.closed:
+            self.closed = True
+            self.transport.close()  # type: ignore[union-attr]
+        up = self.upstream
+        if up is not None and not up.closed:
+            up.closed = True
+            up.transport.close()  # type: ignore[union-attr]
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self.ctx.connections.discard(self)
+        if self.idle_handle is not None:
+            self.idle_handle.cancel()
+        if self.connect_task is not None and not self.connect_task.done():
+            self.connect_task.cancel()
+        up = self.upstream
+        if up is not None and not up.closed:
+            up.closed = True
+            up.transport.close()  # type: ignore[union-attr]

@@ -1,0 +1,59 @@
+"""Everything one http_connection_manager filter chain shares across its connections.
+
+Built once per config version: the compiled route table, the filter chain,
+the parser class, the stats scope.  Connections keep the context they were
+accepted with, so a config update never changes a request mid-flight.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Callable
+from typing import Any
+
+from config import model
+from filters.api import FilterContext, Handler
+from filters.registry import http_filter_factory
+from sidecar.http.route_table import RouteTable
+from sidecar.stats import HttpStats
+
+
+class HcmContext:
+    def __init__(self, config: model.HttpConnectionManager, cluster_manager: Any,
+                 stats: HttpStats, request_parser: type, buffer_limit: int) -> None:
+        self.config = config
+        self.stats = stats
+        self.loop = asyncio.get_running_loop()
+        self.route_table = RouteTable(config.route_config)
+        self.buffer_limit = buffer_limit
+        self.draining = False
+        self.connections: set[Any] = set()
+        max_bytes = config.max_request_headers_kb * 1024
+        max_count = config.max_headers_count
+        self.new_request_parser: Callable[[], Any] = lambda: request_parser(max_bytes, max_count)
+        self.handler = build_chain(config, FilterContext(cluster_manager, stats, config))
+
+    def drain(self) -> None:
+        self.draining = True
+        for conn in list(self.connections):
+            conn.drain()
+
+
+def build_chain(config: model.HttpConnectionManager, ctx: FilterContext) -> Handler:
+    """Compose http_filters into one handler: each filter gets the next one as ``next``."""
+    filters = [f for f in config.http_filters if not f.disabled]
+    terminal = filters[-1]
+    factory = http_filter_factory(terminal.name, terminal.type_url)
+    assert factory is not None and factory.terminal, "translate guarantees a router at the end"
+    handler: Handler = factory.create(terminal.config, ctx)  # type: ignore[assignment]
+    for f in reversed(filters[:-1]):
+        factory = http_filter_factory(f.name, f.type_url)
+        assert factory is not None
+        handler = _link(factory.create(f.config, ctx), handler)  # type: ignore[arg-type]
+    return handler
+
+
+def _link(filter_: Any, next_handler: Handler) -> Handler:
+    async def handler(request: Any) -> Any:
+        return await filter_(request, next_handler)
+    return handler

@@ -1,0 +1,157 @@
+"""Route selection: virtual host by domain, then the first route whose match accepts the request.
+
+Compiled once per RouteConfig: domain lookups are a dict and two short
+lists, so the per-request cost is a few string operations.
+"""
+
+from __future__ import annotations
+
+from urllib.parse import unquote
+
+from config import model
+from sidecar.codec.events import Headers
+
+
+class VirtualHostTable:
+    """Envoy's domain precedence: exact, then ``*.suffix`` and ``prefix.*`` (longest first), then ``*``."""
+
+    def __init__(self, virtual_hosts: tuple[model.VirtualHost, ...]) -> None:
+        self.exact: dict[str, model.VirtualHost] = {}
+        suffixes: list[tuple[str, model.VirtualHost]] = []
+        prefixes: list[tuple[str, model.VirtualHost]] = []
+        self.default: model.VirtualHost | None = None
+        for vh in virtual_hosts:
+            for domain in vh.domains:
+                d = domain.lower()
+                if d == "*":
+                    self.default = vh
+                elif d.startswith("*"):
+                    suffixes.append((d[1:], vh))
+                elif d.endswith("*"):
+                    prefixes.append((d[:-1], vh))
+                else:
+                    self.exact[d] = vh
+        # Longest wildcard wins (Envoy sorts them by length, longest first).
+        self.suffixes = sorted(suffixes, key=lambda s: -len(s[0]))
+        self.prefixes = sorted(prefixes, key=lambda s: -len(s[0]))
+
+    def find(self, authority: str) -> model.VirtualHost | None:
+        host = authority.lower()
+        vh = self.exact.get(host)
+        if vh is not None:
+            return vh
+        for suffix, vh in self.suffixes:
+            # "*.foo.com" needs at least one character before ".foo.com".
+            if len(host) > len(suffix) and host.endswith(suffix):
+                return vh
+        for prefix, vh in self.prefixes:
+            if len(host) > len(prefix) and host.startswith(prefix):
+                return vh
+        return self.default
+
+
+def path_matches(match: model.RouteMatch, path: str) -> bool:
+    kind = match.kind
+    if kind == "prefix":
+        # Envoy matches the prefix against the whole :path (query included).
+        if match.case_sensitive:
+            return path.startswith(match.value)
+        return path.lower().startswith(match.value)
+    bare = path.split("?", 1)[0].split("#", 1)[0]
+    if kind == "path":
+        return bare == match.value if match.case_sensitive else bare.lower() == match.value
+    if kind == "safe_regex":
+        return match.regex.fullmatch(bare) is not None
+    # path_separated_prefix: the prefix is the whole path or is followed by "/".
+    if not match.case_sensitive:
+        bare = bare.lower()
+    value = match.value
+    return bare == value or (bare.startswith(value) and bare[len(value)] == "/")
+
+
+def header_value(headers: Headers, name: str, authority: str, method: str,
+                 path: str, scheme: str) -> str | None:
+    """All values of ``name`` joined by "," (as Envoy matches them); pseudo-headers included."""
+    if name[0] == ":":
+        return {":authority": authority, ":method": method, ":path": path,
+                ":scheme": scheme}.get(name)
+    if name == "host":
+        return authority
+    values = [v for k, v in headers if k == name]
+    if not values:
+        return None
+    return values[0] if len(values) == 1 else ",".join(values)
+
+
+def headers_match(matchers: tuple[model.HeaderMatcher, ...], headers: Headers, authority: str,
+                  method: str, path: str, scheme: str) -> bool:
+    for m in matchers:
+        value = header_value(headers, m.name, authority, method, path, scheme)
+        if m.present is not None:
+            if (value is not None) == m.present and not m.invert:
+                continue
+            if (value is not None) != m.present and m.invert:
+                continue
+            return False
+        if value is None:
+            if not m.treat_missing_as_empty:
+                return False   # a missing header never matches, even inverted (Envoy)
+            value = ""
+        if m.range is not None:
+            try:
+                number = int(value)
+                ok = m.range[0] <= number < m.range[1]
+            except ValueError:
+                ok = False
+        else:
+            ok = m.string.match(value)  # type: ignore[union-attr]
+        if ok == m.invert:
+            return False
+    return True
+
+
+def parse_query(path: str) -> dict[str, str]:
+    """First value of each query parameter, percent-decoded."""
+    query = path.partition("?")[2].partition("#")[0]
+    params: dict[str, str] = {}
+    for part in query.split("&"):
+        if not part:
+            continue
+        name, _, value = part.partition("=")
+        params.setdefault(unquote(name), unquote(value))
+    return params
+
+
+def query_match(matchers: tuple[model.QueryParameterMatcher, ...], path: str) -> bool:
+    params = parse_query(path)
+    for m in matchers:
+        value = params.get(m.name)
+        if value is None:
+            return False
+        if m.string is not None and not m.string.match(value):
+            return False
+    return True
+
+
+class RouteTable:
+    """A compiled RouteConfig: ``select()`` returns (virtual host, route) or (vh or None, None)."""
+
+    def __init__(self, config: model.RouteConfig) -> None:
+        self.config = config
+        self.hosts = VirtualHostTable(config.virtual_hosts)
+
+    def select(self, authority: str, path: str, method: str, headers: Headers,
+               scheme: str) -> tuple[model.VirtualHost | None, model.Route | None]:
+        vh = self.hosts.find(authority)
+        if vh is None:
+            return None, None
+        for route in vh.routes:
+            m = route.match
+            if not path_matches(m, path):
+                continue
+            if m.headers and not headers_match(m.headers, headers, authority, method, path, scheme):
+                continue
+            if m.query_parameters and not query_match(m.query_parameters, path):
+                continue
+            return vh, route
+        return vh, None

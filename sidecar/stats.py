@@ -1,0 +1,232 @@
+"""Envoy-named counters and gauges, kept as plain ints and rendered for Prometheus on scrape.
+
+The hot path only does ``stats.downstream_rq_total += 1`` on a ``__slots__``
+object: prometheus-client metric objects take a lock per update, which costs
+more than the rest of a counter bump.  The scopes are rendered in Envoy's own
+Prometheus text (counters then gauges, each sorted, integer values; the text
+that prometheus-client's exposition writes renames counters to *_total), e.g. ``http.ingress_http.downstream_rq_2xx``
+becomes ``envoy_http_downstream_rq_xx{envoy_response_code_class="2",
+envoy_http_conn_manager_prefix="ingress_http"}``.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from typing import ClassVar
+
+from prometheus_client import CONTENT_TYPE_LATEST
+
+PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
+
+
+class Scope:
+    """A named group of counters and gauges, e.g. cluster ``backend``."""
+
+    __slots__ = ("name",)
+    COUNTERS: ClassVar[tuple[str, ...]] = ()
+    GAUGES: ClassVar[tuple[str, ...]] = ()
+    PROM_PREFIX: ClassVar[str] = ""       # "envoy_cluster_"
+    DOTTED_PREFIX: ClassVar[str] = ""     # "cluster."
+    LABEL: ClassVar[str] = ""             # "envoy_cluster_name"
+
+    def __init__(self, name: str) -> None:
+        self.name = name
+        for stat in self.COUNTERS + self.GAUGES:
+            setattr(self, stat, 0)
+
+    def values(self) -> Iterator[tuple[str, int, bool]]:
+        """(stat name, value, is_counter) for every stat in this scope."""
+        for stat in self.COUNTERS:
+            yield stat, getattr(self, stat), True
+        for stat in self.GAUGES:
+            yield stat, getattr(self, stat), False
+
+
+class HttpStats(Scope):
+    """http.<stat_prefix>.* of one http_connection_manager."""
+
+    COUNTERS = ("downstream_cx_total", "downstream_cx_http1_total", "downstream_cx_destroy",
+                "downstream_cx_protocol_error", "downstream_cx_idle_timeout",
+                "downstream_rq_total", "downstream_rq_http1_total",
+                "downstream_rq_1xx", "downstream_rq_2xx", "downstream_rq_3xx",
+                "downstream_rq_4xx", "downstream_rq_5xx", "downstream_rq_completed",
+                "downstream_rq_rx_reset", "downstream_rq_tx_reset", "downstream_rq_timeout",
+                "downstream_rq_non_relative_path", "downstream_rq_too_large",
+                "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total",
+                "no_route", "no_cluster", "rq_direct_response", "rq_redirect")
+    GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_rq_active")
+    __slots__ = COUNTERS + GAUGES
+    PROM_PREFIX = "envoy_http_"
+    DOTTED_PREFIX = "http."
+    LABEL = "envoy_http_conn_manager_prefix"
+
+
+class TcpStats(Scope):
+    """tcp.<stat_prefix>.* of one tcp_proxy."""
+
+    COUNTERS = ("downstream_cx_total", "downstream_cx_no_route", "downstream_cx_rx_bytes_total",
+                "downstream_cx_tx_bytes_total", "idle_timeout", "upstream_flush_total")
+    GAUGES = ("downstream_cx_rx_bytes_buffered", "downstream_cx_tx_bytes_buffered",
+              "upstream_flush_active")
+    __slots__ = COUNTERS + GAUGES
+    PROM_PREFIX = "envoy_tcp_"
+    DOTTED_PREFIX = "tcp."
+    LABEL = "envoy_tcp_prefix"
+
+
+class ListenerStats(Scope):
+    """listener.<address>.* of one listener."""
+
+    COUNTERS = ("downstream_cx_total", "downstream_cx_destroy", "downstream_cx_overflow")
+    GAUGES = ("downstream_cx_active",)
+    __slots__ = COUNTERS + GAUGES
+    PROM_PREFIX = "envoy_listener_"
+    DOTTED_PREFIX = "listener."
+    LABEL = "envoy_listener_address"
+
+
+class ClusterStats(Scope):
+    """cluster.<name>.* of one upstream cluster."""
+
+    COUNTERS = ("upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_connect_fail",
+                "upstream_cx_connect_timeout", "upstream_cx_destroy", "upstream_cx_destroy_local",
+                "upstream_cx_destroy_remote", "upstream_cx_idle_timeout",
+                "upstream_cx_max_requests", "upstream_cx_protocol_error",
+                "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
+                "upstream_rq_total", "upstream_rq_completed",
+                "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx", "upstream_rq_4xx",
+                "upstream_rq_5xx", "upstream_rq_timeout", "upstream_rq_rx_reset",
+                "upstream_rq_tx_reset", "upstream_rq_retry", "upstream_cx_none_healthy",
+                "update_attempt", "update_success", "update_failure")
+    GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
+              "membership_total", "membership_healthy")
+    __slots__ = COUNTERS + GAUGES + ("codes",)
+    PROM_PREFIX = "envoy_cluster_"
+    DOTTED_PREFIX = "cluster."
+    LABEL = "envoy_cluster_name"
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        self.codes: dict[int, int] = {}     # upstream_rq_<code>
+
+    def count_response(self, status: int) -> None:
+        self.upstream_rq_completed += 1
+        cls = status // 100
+        if cls == 2:
+            self.upstream_rq_2xx += 1
+        elif cls == 5:
+            self.upstream_rq_5xx += 1
+        elif cls == 4:
+            self.upstream_rq_4xx += 1
+        elif cls == 3:
+            self.upstream_rq_3xx += 1
+        elif cls == 1:
+            self.upstream_rq_1xx += 1
+        self.codes[status] = self.codes.get(status, 0) + 1
+
+
+class ServerStats(Scope):
+    COUNTERS = ()
+    GAUGES = ("live", "concurrency", "uptime", "state", "total_connections")
+    __slots__ = GAUGES
+    PROM_PREFIX = "envoy_server_"
+    DOTTED_PREFIX = "server."
+    LABEL = ""
+
+
+def count_downstream_response(stats: HttpStats, status: int) -> None:
+    stats.downstream_rq_completed += 1
+    cls = status // 100
+    if cls == 2:
+        stats.downstream_rq_2xx += 1
+    elif cls == 5:
+        stats.downstream_rq_5xx += 1
+    elif cls == 4:
+        stats.downstream_rq_4xx += 1
+    elif cls == 3:
+        stats.downstream_rq_3xx += 1
+    elif cls == 1:
+        stats.downstream_rq_1xx += 1
+
+
+class StatsStore:
+    """All scopes by name; scopes survive config changes so counters keep counting."""
+
+    def __init__(self) -> None:
+        self.http: dict[str, HttpStats] = {}
+        self.tcp: dict[str, TcpStats] = {}
+        self.listener: dict[str, ListenerStats] = {}
+        self.cluster: dict[str, ClusterStats] = {}
+        self.server = ServerStats("")
+
+    def http_scope(self, prefix: str) -> HttpStats:
+        scope = self.http.get(prefix)
+        if scope is None:
+            scope = self.http[prefix] = HttpStats(prefix)
+        return scope
+
+    def tcp_scope(self, prefix: str) -> TcpStats:
+        scope = self.tcp.get(prefix)
+        if scope is None:
+            scope = self.tcp[prefix] = TcpStats(prefix)
+        return scope
+
+    def listener_scope(self, name: str) -> ListenerStats:
+        scope = self.listener.get(name)
+        if scope is None:
+            scope = self.listener[name] = ListenerStats(name)
+        return scope
+
+    def cluster_scope(self, name: str) -> ClusterStats:
+        scope = self.cluster.get(name)
+        if scope is None:
+            scope = self.cluster[name] = ClusterStats(name)
+        return scope
+
+    def scopes(self) -> Iterator[Scope]:
+        yield self.server
+        for group in (self.cluster, self.http, self.listener, self.tcp):
+            yield from group.values()
+
+    def dotted(self) -> Iterator[tuple[str, int]]:
+        """Envoy's plain /stats view: ``cluster.backend.upstream_rq_total: 3``."""
+        for scope in self.scopes():
+            base = f"{scope.DOTTED_PREFIX}{scope.name}." if scope.name else scope.DOTTED_PREFIX
+            for stat, value, _ in scope.values():
+                yield base + stat, value
+            if isinstance(scope, ClusterStats):
+                for code, value in sorted(scope.codes.items()):
+                    yield f"{base}upstream_rq_{code}", value
+
+
+    def prometheus_text(self) -> str:
+        """Envoy's /stats/prometheus body for these scopes."""
+        families: dict[tuple[bool, str], list[str]] = {}
+
+        def add(name: str, counter: bool, labels: str, value: int) -> None:
+            families.setdefault((not counter, name), []).append(f"{name}{{{labels}}} {value}")
+
+        for scope in self.scopes():
+            base = f'{scope.LABEL}="{_escape(scope.name)}"' if scope.LABEL else ""
+            for stat, value, counter in scope.values():
+                if stat[-2:] == "xx" and stat[-4] == "_" and stat[-3] in "12345":
+                    # downstream_rq_2xx -> downstream_rq_xx{envoy_response_code_class="2"}
+                    add(scope.PROM_PREFIX + stat[:-3] + "xx", counter,
+                        f'envoy_response_code_class="{stat[-3]}",{base}', value)
+                else:
+                    add(scope.PROM_PREFIX + stat, counter, base, value)
+            if isinstance(scope, ClusterStats):
+                for code, value in sorted(scope.codes.items()):
+                    add("envoy_cluster_upstream_rq", True,
+                        f'envoy_response_code="{code}",{base}', value)
+        out = []
+        for (gauge, name), samples in sorted(families.items()):
+            out.append(f"# TYPE {name} {'gauge' if gauge else 'counter'}")
+            out.extend(samples)
+        return "\n".join(out) + "\n"
+
+
+def _escape(value: str) -> str:
+    return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")

@@ -1,0 +1,161 @@
+"""Clusters at runtime: host sets (STATIC, or STRICT_DNS re-resolved), load balancing, pools.
+
+The ClusterManager owns every cluster and every task they run (DNS refresh);
+``close()`` cancels them all.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import socket
+from collections.abc import Callable
+from typing import Any
+
+from config import model
+from sidecar.stats import ClusterStats, StatsStore
+from sidecar.upstream.host import Host
+from sidecar.upstream.lb import LoadBalancer, build_lb
+from sidecar.upstream.pool import Http1Pool
+
+log = logging.getLogger(__name__)
+
+_FAMILIES = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6}
+
+
+class ClusterRuntime:
+    def __init__(self, config: model.Cluster, stats: ClusterStats,
+                 parser_factory: Callable[[], Any]) -> None:
+        self.config = config
+        self.name = config.name
+        self.stats = stats
+        self.parser_factory = parser_factory
+        self.hosts: list[Host] = []
+        self.lb: LoadBalancer = build_lb(config.lb_policy, [])
+        self.pools: dict[tuple[str, int], Http1Pool] = {}
+        self.task: asyncio.Task[None] | None = None
+        self.initialized = asyncio.Event()
+        if config.type == "STATIC":
+            self.set_hosts([Host(e.address.address, e.address.port, e.weight, e.health_status,
+                                 e.hostname, e.priority) for e in config.endpoints])
+
+    def __repr__(self) -> str:
+        return f"<Cluster {self.name} hosts={self.hosts}>"
+
+    def set_hosts(self, hosts: list[Host]) -> None:
+        """Replace the host set; pools to addresses that remain are kept (warm connections survive)."""
+        pools: dict[tuple[str, int], Http1Pool] = {}
+        for h in hosts:
+            key = (h.address, h.port)
+            pool = self.pools.get(key) or pools.get(key)
+            if pool is None:
+                c = self.config
+                pool = Http1Pool(h.address, h.port, self.stats, self.parser_factory,
+                                 c.connect_timeout, c.idle_timeout,
+                                 c.max_requests_per_connection,
+                                 c.per_connection_buffer_limit_bytes)
+            pools[key] = pool
+            h.pool = pool
+        for key, pool in self.pools.items():
+            if key not in pools:
+                pool.close()
+        self.pools = pools
+        self.hosts = hosts
+        healthy = [h for h in hosts if h.healthy]
+        # Envoy uses only the highest-priority level that has healthy hosts.
+        if healthy:
+            top = min(h.priority for h in healthy)
+            healthy = [h for h in healthy if h.priority == top]
+        self.lb = build_lb(self.config.lb_policy, healthy, self.config.least_request_choice_count)
+        self.stats.membership_total = len(hosts)
+        self.stats.membership_healthy = len(healthy)
+        self.initialized.set()
+
+    def choose_host(self) -> Host | None:
+        return self.lb.pick()
+
+    # --- STRICT_DNS ---------------------------------------------------------------
+
+    def start(self) -> None:
+        if self.config.type == "STRICT_DNS":
+            self.task = asyncio.get_running_loop().create_task(self._dns_loop(),
+                                                               name=f"dns:{self.name}")
+
+    async def _dns_loop(self) -> None:
+        while True:
+            await self.resolve()
+            await asyncio.sleep(self.config.dns_refresh_rate)
+
+    async def resolve(self) -> None:
+        """Resolve every endpoint name; each address becomes a host (as Envoy's STRICT_DNS)."""
+        loop = asyncio.get_running_loop()
+        family = _FAMILIES.get(self.config.dns_lookup_family, socket.AF_UNSPEC)
+        self.stats.update_attempt += 1
+        hosts: list[Host] = []
+        failed = False
+        for e in self.config.endpoints:
+            try:
+                infos = await loop.getaddrinfo(e.address.address, e.address.port, family=family,
+                                               type=socket.SOCK_STREAM)
+            except OSError as err:
+                log.warning("cluster %s: cannot resolve %s: %s", self.name, e.address.address, err)
+                failed = True
+                continue
+            addresses = _pick_family([info[4][0] for info in infos], self.config.dns_lookup_family)
+            for address in addresses:
+                hosts.append(Host(address, e.address.port, e.weight, e.health_status,
+                                  e.hostname or e.address.address, e.priority))
+        if failed and not hosts and self.hosts:
+            self.stats.update_failure += 1
+            return        # keep the last good host set, as Envoy does on resolution failure
+        self.stats.update_success += 1
+        if [(h.address, h.port) for h in hosts] != [(h.address, h.port) for h in self.hosts]:
+            log.info("cluster %s: hosts %s", self.name, [h.label for h in hosts])
+            self.set_hosts(hosts)
+        else:
+            self.initialized.set()
+
+    def close(self) -> None:
+        if self.task is not None:
+            self.task.cancel()
+        for pool in self.pools.values():
+            pool.close()
+
+
+def _pick_family(addresses: list[str], family: str) -> list[str]:
+    unique = list(dict.fromkeys(addresses))
+    v4 = [a for a in unique if ":" not in a]
+    v6 = [a for a in unique if ":" in a]
+    if family == "V4_PREFERRED":
+        return v4 or v6
+    if family == "AUTO":      # Envoy's AUTO: IPv6 if any, else IPv4
+        return v6 or v4
+    return unique
+
+
+class ClusterManager:
+    def __init__(self, stats: StatsStore, parser_factory: Callable[[], Any]) -> None:
+        self.stats = stats
+        self.parser_factory = parser_factory
+        self.clusters: dict[str, ClusterRuntime] = {}
+
+    def get(self, name: str) -> ClusterRuntime | None:
+        return self.clusters.get(name)
+
+    async def start(self, clusters: tuple[model.Cluster, ...], init_timeout: float = 15.0) -> None:
+        """Create every cluster and wait (bounded) for the first DNS answers, as Envoy's init."""
+        for c in clusters:
+            runtime = ClusterRuntime(c, self.stats.cluster_scope(c.name), self.parser_factory)
+            self.clusters[c.name] = runtime
+            runtime.start()
+        waits = [c.initialized.wait() for c in self.clusters.values() if not c.initialized.is_set()]
+        if waits:
+            try:
+                async with asyncio.timeout(init_timeout):
+                    await asyncio.gather(*waits)
+            except TimeoutError:
+                log.warning("clusters still resolving after %.0fs; serving anyway", init_timeout)
+
+    def close(self) -> None:
+        for c in self.clusters.values():
+            c.close()

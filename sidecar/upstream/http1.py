@@ -1,0 +1,197 @@
+"""One HTTP/1.1 connection to an upstream host: writes a request, parses the response.
+
+Never pipelined: one request at a time, then back to the pool when both the
+request and the response are complete and both sides allow keep-alive.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from typing import TYPE_CHECKING, Any
+
+from sidecar.codec.events import Body, EndOfMessage, ParseError, ResponseHead
+from sidecar.http.message import BodyReset, BodyStream
+
+if TYPE_CHECKING:
+    from sidecar.upstream.pool import Http1Pool
+
+
+class UpstreamClosed(Exception):
+    """The connection ended before a complete response head.
+
+    ``received_any`` tells whether any response byte came first: with none, a
+    reused connection may simply have been closed by the upstream while idle
+    (the "503 UC" race), and the request can be sent again on a fresh one.
+    """
+
+    def __init__(self, received_any: bool) -> None:
+        super().__init__("upstream connection closed before the response head")
+        self.received_any = received_any
+
+
+class UpstreamProtocolError(Exception):
+    """The upstream sent bytes that are not a valid HTTP/1 response."""
+
+
+class Http1UpstreamConnection(asyncio.Protocol):
+    __slots__ = ("pool", "parser", "transport", "head_waiter", "body", "closed",
+                 "received_any", "request_done", "response_done", "reusable",
+                 "requests", "drain_waiter", "write_paused", "idle_handle", "interim",
+                 "high_watermark")
+
+    def __init__(self, pool: Http1Pool, parser: Any, high_watermark: int) -> None:
+        self.pool = pool
+        self.parser = parser
+        self.transport: asyncio.Transport | None = None
+        self.head_waiter: asyncio.Future[tuple[ResponseHead, BodyStream]] | None = None
+        self.body: BodyStream | None = None
+        self.closed = False
+        self.received_any = False
+        self.request_done = False
+        self.response_done = False
+        self.reusable = True
+        self.requests = 0
+        self.drain_waiter: asyncio.Future[None] | None = None
+        self.write_paused = False
+        self.idle_handle: asyncio.TimerHandle | None = None
+        self.interim = False
+        self.high_watermark = high_watermark
+
+    # --- used by the router ----------------------------------------------------
+
+    def send_head(self, data: bytes, method: str) -> asyncio.Future[tuple[ResponseHead, BodyStream]]:
+        """Write the request head (and any body bytes already at hand); returns the head future."""
+        self.requests += 1
+        self.request_done = self.response_done = self.received_any = False
+        self.body = None
+        self.parser.expect(method)
+        self.head_waiter = asyncio.get_running_loop().create_future()
+        self.transport.write(data)  # type: ignore[union-attr]
+        return self.head_waiter
+
+    def write(self, data: bytes) -> None:
+        if not self.closed:
+            self.transport.write(data)  # type: ignore[union-attr]
+
+    async def drain(self) -> None:
+        """Wait while the socket's write buffer is above its high watermark."""
+        if self.write_paused and not self.closed:
+            self.drain_waiter = asyncio.get_running_loop().create_future()
+            await self.drain_waiter
+
+    def finish_request(self) -> None:
+        """The whole request has been written."""
+        self.request_done = True
+        if self.response_done:
+            self._done()
+
+    def abort(self) -> None:
+        """Drop the connection (the downstream went away or the request timed out)."""
+        self.reusable = False
+        if self.transport is not None and not self.closed:
+            self.transport.abort()
+
+    @property
+    def usable(self) -> bool:
+        return not self.closed and self.reusable
+
+    # --- asyncio.Protocol --------------------------------------------------------
+
+    def connection_made(self, transport: asyncio.BaseTransport) -> None:
+        self.transport = transport  # type: ignore[assignment]
+        transport.set_write_buffer_limits(self.high_watermark)  # type: ignore[attr-defined]
+
+    def data_received(self, data: bytes) -> None:
+        self.received_any = True
+        self.pool.stats.upstream_cx_rx_bytes_total += len(data)
+        if self.head_waiter is None and self.body is None:
+            # Bytes while idle: the upstream broke HTTP/1 framing; never reuse.
+            self.reusable = False
+            self.transport.close()  # type: ignore[union-attr]
+            return
+        try:
+            events = self.parser.feed(data)
+        except ParseError:
+            self._protocol_error()
+            return
+        self._handle(events)
+
+    def _handle(self, events: list[Any]) -> None:
+        for event in events:
+            kind = type(event)
+            if kind is Body:
+                self.body.feed(event.data)  # type: ignore[union-attr]
+            elif kind is ResponseHead:
+                if event.status < 200 and event.status != 101:
+                    self.interim = True   # 100 Continue / 103: not forwarded (as Envoy by default)
+                    continue
+                if not event.keep_alive:
+                    self.reusable = False
+                transport = self.transport
+                self.body = BodyStream(self.high_watermark, transport.pause_reading,  # type: ignore[union-attr]
+                                       transport.resume_reading)  # type: ignore[union-attr]
+                waiter, self.head_waiter = self.head_waiter, None
+                if waiter is not None and not waiter.done():
+                    waiter.set_result((event, self.body))
+            elif kind is EndOfMessage:
+                if self.interim:
+                    self.interim = False
+                    continue
+                body = self.body
+                self.response_done = True
+                if body is not None:
+                    body.feed_eof(event.trailers)
+                if self.request_done:
+                    self._done()
+                else:
+                    # Answered before the request was fully sent: the rest of the
+                    # request may still be in flight, so never reuse (as Envoy).
+                    self.reusable = False
+
+    def _done(self) -> None:
+        self.body = None
+        self.pool.release(self)
+
+    def _protocol_error(self) -> None:
+        self.reusable = False
+        self.pool.stats.upstream_cx_protocol_error += 1
+        self._fail(UpstreamProtocolError("invalid HTTP/1 response"))
+        self.transport.abort()  # type: ignore[union-attr]
+
+    def eof_received(self) -> bool:
+        self.reusable = False
+        try:
+            events = self.parser.feed_eof()
+        except ParseError:
+            self._protocol_error()
+            return False
+        self._handle(events)
+        return False    # let the transport close
+
+    def connection_lost(self, exc: Exception | None) -> None:
+        self.closed = True
+        self._fail(UpstreamClosed(self.received_any))
+        waiter, self.drain_waiter = self.drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)
+        self.pool.lost(self)
+
+    def _fail(self, error: Exception) -> None:
+        waiter, self.head_waiter = self.head_waiter, None
+        if waiter is not None and not waiter.done():
+            if isinstance(error, UpstreamClosed) and self.received_any:
+                # Closed inside the response head: Envoy answers 502 "protocol error".
+                error = UpstreamProtocolError("connection closed inside the response head")
+            waiter.set_exception(error)
+        body = self.body
+        if body is not None and not self.response_done:
+            body.reset(BodyReset("upstream connection closed mid-body"))
+
+    def pause_writing(self) -> None:
+        self.write_paused = True
+
+    def resume_writing(self) -> None:
+        self.write_paused = False
+        waiter, self.drain_waiter = self.drain_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result(None)

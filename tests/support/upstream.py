@@ -1,0 +1,148 @@
+"""A real HTTP/1.1 upstream for tests: its own thread and event loop, h11 framing, records what it got.
+
+Each request is handed to ``handler(request) -> Reply``; the default echoes
+the request line.  ``requests`` and ``connections`` let tests see exactly
+what crossed the proxy.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import threading
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import h11
+
+
+@dataclass
+class Received:
+    method: str
+    target: str
+    headers: list[tuple[str, str]]
+    body: bytes
+    connection_id: int
+
+    def header(self, name: str) -> str | None:
+        for k, v in self.headers:
+            if k == name:
+                return v
+        return None
+
+    def header_values(self, name: str) -> list[str]:
+        return [v for k, v in self.headers if k == name]
+
+
+@dataclass
+class Reply:
+    status: int = 200
+    headers: list[tuple[str, str]] = field(default_factory=list)
+    body: bytes = b""
+    delay: float = 0.0           # seconds before answering
+    chunks: list[bytes] | None = None   # send the body chunked, in these pieces
+    close: bool = False          # close the connection after the response
+    reset: bool = False          # abort the connection instead of answering
+
+
+def echo_handler(request: Received) -> Reply:
+    return Reply(200, [("content-type", "text/plain")],
+                 f"{request.method} {request.target}".encode())
+
+
+class Upstream:
+    def __init__(self, handler: Callable[[Received], Reply] = echo_handler,
+                 host: str = "127.0.0.1") -> None:
+        self.handler = handler
+        self.host = host
+        self.port = 0
+        self.requests: list[Received] = []
+        self.connections = 0
+        self._loop: asyncio.AbstractEventLoop | None = None
+        self._server: asyncio.AbstractServer | None = None
+        self._thread: threading.Thread | None = None
+        self._ready = threading.Event()
+
+    def __enter__(self) -> Upstream:
+        self._thread = threading.Thread(target=self._run, daemon=True)
+        self._thread.start()
+        if not self._ready.wait(10):
+            raise RuntimeError("upstream did not start")
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self._loop is not None:
+            self._loop.call_soon_threadsafe(self._loop.stop)
+        if self._thread is not None:
+            self._thread.join(5)
+
+    def _run(self) -> None:
+        loop = self._loop = asyncio.new_event_loop()
+        self._server = loop.run_until_complete(
+            asyncio.start_server(self._serve, self.host, 0))
+        self.port = self._server.sockets[0].getsockname()[1]
+        self._ready.set()
+        loop.run_forever()
+        self._server.close()
+        loop.close()
+
+    async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
+        self.connections += 1
+        conn_id = self.connections
+        conn = h11.Connection(h11.SERVER)
+        try:
+            while True:
+                event = conn.next_event()
+                if event is h11.NEED_DATA:
+                    data = await reader.read(65536)
+                    conn.receive_data(data)
+                    if not data and conn.their_state is not h11.SEND_BODY:
+                        if conn.their_state is h11.IDLE:
+                            break
+                    continue
+                if isinstance(event, h11.ConnectionClosed) or event is h11.PAUSED:
+                    break
+                if not isinstance(event, h11.Request):
+                    continue
+                body = b""
+                while True:
+                    ev = conn.next_event()
+                    if ev is h11.NEED_DATA:
+                        data = await reader.read(65536)
+                        if not data:
+                            return
+                        conn.receive_data(data)
+                    elif isinstance(ev, h11.Data):
+                        body += ev.data
+                    elif isinstance(ev, h11.EndOfMessage):
+                        break
+                received = Received(event.method.decode(), event.target.decode(),
+                                    [(k.decode(), v.decode()) for k, v in event.headers],
+                                    body, conn_id)
+                self.requests.append(received)
+                reply = self.handler(received)
+                if reply.delay:
+                    await asyncio.sleep(reply.delay)
+                if reply.reset:
+                    writer.transport.abort()
+                    return
+                headers = list(reply.headers)
+                if reply.chunks is None and not any(k.lower() == "content-length" for k, _ in headers):
+                    headers.append(("content-length", str(len(reply.body))))
+                if reply.chunks is not None:
+                    headers.append(("transfer-encoding", "chunked"))
+                if reply.close:
+                    headers.append(("connection", "close"))
+                writer.write(conn.send(h11.Response(status_code=reply.status, headers=headers)))
+                if received.method != "HEAD":
+                    for piece in reply.chunks if reply.chunks is not None else [reply.body]:
+                        if piece:
+                            writer.write(conn.send(h11.Data(data=piece)))
+                writer.write(conn.send(h11.EndOfMessage()))
+                await writer.drain()
+                if conn.our_state is h11.MUST_CLOSE or reply.close:
+                    break
+                conn.start_next_cycle()
+        except (ConnectionError, h11.ProtocolError):
+            pass
+        finally:
+            writer.close()

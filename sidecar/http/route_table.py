@@ -6,8 +6,6 @@ lists, so the per-request cost is a few string operations.
 
 from __future__ import annotations
 
-from urllib.parse import unquote
-
 from config import model
 from sidecar.codec.events import Headers
 
@@ -111,14 +109,14 @@ def headers_match(matchers: tuple[model.HeaderMatcher, ...], headers: Headers, a
 
 
 def parse_query(path: str) -> dict[str, str]:
-    """First value of each query parameter, percent-decoded."""
+    """First value of each query parameter, as sent: Envoy matches the raw, undecoded text."""
     query = path.partition("?")[2].partition("#")[0]
     params: dict[str, str] = {}
     for part in query.split("&"):
         if not part:
             continue
         name, _, value = part.partition("=")
-        params.setdefault(unquote(name), unquote(value))
+        params.setdefault(name, value)
     return params
 
 

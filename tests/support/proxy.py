@@ -130,7 +130,7 @@ class ProxyProcess:
         path = Path(self.tmp.name) / "bootstrap.yaml"
         path.write_text(yaml.safe_dump(self.config))
         env = dict(os.environ, **(self.env or {}))
-        env["PYTHONPATH"] = str(REPO)
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [str(REPO), env.get("PYTHONPATH")]))
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.command(str(path)), stdout=self.log,
                                      stderr=subprocess.STDOUT, env=env, cwd=self.tmp.name)

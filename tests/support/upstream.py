@@ -51,8 +51,9 @@ def echo_handler(request: Received) -> Reply:
 
 class Upstream:
     def __init__(self, handler: Callable[[Received], Reply] = echo_handler,
-                 host: str = "127.0.0.1") -> None:
+                 host: str = "127.0.0.1", read_delay: float = 0.0) -> None:
         self.handler = handler
+        self.read_delay = read_delay      # seconds to sleep between body reads (a slow reader)
         self.host = host
         self.port = 0
         self.requests: list[Received] = []
@@ -71,9 +72,15 @@ class Upstream:
 
     def __exit__(self, *exc: object) -> None:
         if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._loop.stop)
+            self._loop.call_soon_threadsafe(self._stop)
         if self._thread is not None:
             self._thread.join(5)
+
+    def _stop(self) -> None:
+        self._server.close()  # type: ignore[union-attr]
+        for task in asyncio.all_tasks(self._loop):
+            task.cancel()
+        self._loop.call_soon(self._loop.stop)  # type: ignore[union-attr]
 
     def _run(self) -> None:
         loop = self._loop = asyncio.new_event_loop()
@@ -82,7 +89,7 @@ class Upstream:
         self.port = self._server.sockets[0].getsockname()[1]
         self._ready.set()
         loop.run_forever()
-        self._server.close()
+        loop.run_until_complete(asyncio.sleep(0))   # let cancelled handlers unwind
         loop.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
@@ -107,6 +114,8 @@ class Upstream:
                 while True:
                     ev = conn.next_event()
                     if ev is h11.NEED_DATA:
+                        if self.read_delay:
+                            await asyncio.sleep(self.read_delay)
                         data = await reader.read(65536)
                         if not data:
                             return

@@ -22,10 +22,10 @@ from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyStream, Request, Response
 from sidecar.upstream.http1 import Http1UpstreamConnection, UpstreamClosed, UpstreamProtocolError
 
-# Response headers that belong to one hop (RFC 9110 7.6.1); the downstream
-# connection frames the body itself.
+# Response headers that belong to one hop (RFC 9110 7.6.1), and the framing
+# headers the connection manager writes itself.
 HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "transfer-encoding",
-                        "upgrade", "te"))
+                        "upgrade", "te", "content-length"))
 
 
 class Router:

@@ -141,10 +141,20 @@ class TcpProxyDownstream(_Side):
         self.connect_task: asyncio.Task[None] | None = None
         self.last_activity = 0.0
         self.idle_handle: asyncio.TimerHandle | None = None
+        # Bytes that arrived before the upstream connected: uvloop may deliver the
+        # first read even though connection_made paused reading.  At most a read's worth.
+        self.early: list[bytes] = []
 
     @property
     def owner(self) -> TcpProxyDownstream:
         return self
+
+    def data_received(self, data: bytes) -> None:
+        if self.upstream is None:
+            self.early.append(data)
+            self.transport.pause_reading()  # type: ignore[union-attr]
+            return
+        super().data_received(data)
 
     def count(self, n: int) -> None:
         self.ctx.stats.downstream_cx_rx_bytes_total += n
@@ -190,6 +200,10 @@ class TcpProxyDownstream(_Side):
             return
         self.upstream = upstream
         self.peer = upstream
+        for data in self.early:
+            self.count(len(data))
+            upstream.send(data)
+        self.early.clear()
         if self.read_eof:
             upstream.half_close()
         else:

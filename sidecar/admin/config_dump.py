@@ -8,6 +8,7 @@ generic secrets).  Pure functions over protobuf; no sockets, no asyncio.
 
 from __future__ import annotations
 
+import json
 from collections.abc import Callable, Iterator
 from functools import lru_cache
 from typing import Any
@@ -77,9 +78,32 @@ def server_info_json(*, version: str, state: str, uptime_s: float, options: dict
     info.uptime_current_epoch.seconds = int(uptime_s)
     info.uptime_all_epochs.seconds = int(uptime_s)   # no hot restart: one epoch
     info.hot_restart_version = "disabled"            # what Envoy says with --disable-hot-restart
+    info.command_line_options.disable_hot_restart = True
     _fill_command_line_options(info.command_line_options, options)
-    return json_format.MessageToJson(info, preserving_proto_field_name=True, indent=1,
-                                     always_print_fields_with_no_presence=True) + "\n"
+    as_dict = json_format.MessageToDict(info, preserving_proto_field_name=True,
+                                        always_print_fields_with_no_presence=True)
+    return json.dumps(_by_field_number(info.DESCRIPTOR, as_dict), indent=1,
+                      ensure_ascii=False) + "\n"
+
+
+def _by_field_number(descriptor: Descriptor, value: dict[str, Any]) -> dict[str, Any]:
+    """Envoy prints fields in field-number order; json_format puts the defaults that
+    always_print adds after the set fields, so "state": "LIVE" would come last."""
+    ordered: dict[str, Any] = {}
+    for field in sorted(descriptor.fields, key=lambda f: f.number):
+        if field.name not in value:
+            continue
+        item = value[field.name]
+        nested = field.message_type
+        # Only plain messages print as an object of their fields (not maps, Struct, Any...).
+        if (nested is not None and not nested.GetOptions().map_entry
+                and not nested.full_name.startswith("google.protobuf.")):
+            if field.is_repeated:
+                item = [_by_field_number(nested, v) for v in item]
+            else:
+                item = _by_field_number(nested, item)
+        ordered[field.name] = item
+    return ordered
 
 
 def _fill_command_line_options(msg: Message, options: dict[str, Any]) -> None:
@@ -131,7 +155,8 @@ def config_dump_json(bootstrap: Message, node: Node, updated_at: float, *,
             raise AdminError(400, f"FieldMask {mask} could not be successfully applied "
                                   "to any configs.")
     redact(out)
-    return json_format.MessageToJson(out, preserving_proto_field_name=True, indent=1) + "\n"
+    text: str = json_format.MessageToJson(out, preserving_proto_field_name=True, indent=1)
+    return text + "\n"   # Envoy ends its JSON with a newline
 
 
 def _static_dumps(bootstrap: Message, node: Node, updated_at: float,
@@ -277,7 +302,7 @@ def redact(message: Message, sensitive: bool = False) -> None:
     Walking every Any also imports its type, which json_format needs to print it.
     """
     if message.DESCRIPTOR.full_name == "google.protobuf.Any":
-        inner = _unpack(message)   # type: ignore[arg-type]
+        inner = _unpack(message)
         if inner is not None:
             redact(inner, sensitive)
             message.value = inner.SerializeToString()   # keep the original type_url
@@ -341,4 +366,5 @@ def _unpack(packed: AnyProto) -> Message | None:
 @lru_cache(maxsize=None)
 def _message_class(full_name: str) -> type[Message]:
     descriptor: Descriptor = descriptor_pool.Default().FindMessageTypeByName(full_name)
-    return message_factory.GetMessageClass(descriptor)
+    message_class: type[Message] = message_factory.GetMessageClass(descriptor)
+    return message_class

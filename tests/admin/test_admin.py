@@ -19,6 +19,7 @@ from collections.abc import AsyncIterator, Callable, Coroutine
 from contextlib import asynccontextmanager
 from dataclasses import dataclass, field
 from typing import Any
+from urllib.parse import quote
 
 import pytest
 import uvloop
@@ -31,7 +32,9 @@ from sidecar.stats import StatsStore
 
 HCM = ("type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3."
        "HttpConnectionManager")
+TLS = "type.googleapis.com/envoy.extensions.transport_sockets.tls.v3.UpstreamTlsContext"
 SECRET_VALUE = "hunter2-do-not-print"
+PRIVATE_KEY = "-----BEGIN PRIVATE KEY----- do-not-print"
 BOOTSTRAP = {
     "node": {"id": "test-node", "cluster": "test-cluster"},
     "admin": {"address": {"socket_address": {"address": "127.0.0.1", "port_value": 0}}},
@@ -59,7 +62,11 @@ BOOTSTRAP = {
             "load_assignment": {"cluster_name": "backend", "endpoints": [{"lb_endpoints": [
                 {"endpoint": {"address": {"socket_address": {"address": "127.0.0.1",
                                                              "port_value": 10001}}}}]}]},
-        }, {"name": "another", "connect_timeout": "2s", "type": "STATIC"}],
+        }, {"name": "another", "connect_timeout": "2s", "type": "STATIC", "transport_socket": {
+            "name": "envoy.transport_sockets.tls", "typed_config": {   # an Any inside an Any
+                "@type": TLS, "common_tls_context": {"tls_certificates": [{
+                    "certificate_chain": {"inline_string": "CERT"},
+                    "private_key": {"inline_string": PRIVATE_KEY}}]}}}}],
         "secrets": [{"name": "token", "generic_secret": {"secret": {"inline_string": SECRET_VALUE}}}],
     },
 }
@@ -78,6 +85,7 @@ class Target:
         "config_path": "/etc/envoy.yaml", "concurrency": 2, "log_level": "info",
         "mode": "serve", "drain_time_s": 600, "base_id": 7, "service_zone": "",
         "sidecar_only_flag": True})
+    health_failed: bool = False
     shutdowns: int = 0
     on_shutdown: Callable[[], None] | None = None
     health_calls: list[bool] = field(default_factory=list)
@@ -88,19 +96,19 @@ class Target:
             self.on_shutdown()
 
     def health_check_failed(self, failed: bool) -> None:
-        # The proxy's Server does this: a failed health check reads as DRAINING.
+        # As sidecar.server.Server does: only the flag; the admin reports DRAINING.
         self.health_calls.append(failed)
-        self.state = "DRAINING" if failed else "LIVE"
+        self.health_failed = failed
 
 
 def make_target() -> Target:
     stats = StatsStore()
     backend = stats.cluster_scope("backend")
-    backend.upstream_rq_total = 7
+    setattr(backend, "upstream_rq_total", 7)   # StatsStore's stats are slots mypy cannot see
     backend.count_response(200)
     backend.count_response(503)
     stats.cluster_scope("another")
-    stats.http_scope("ingress_http").downstream_rq_total = 9
+    setattr(stats.http_scope("ingress_http"), "downstream_rq_total", 9)
     return Target(stats=stats, bootstrap=parse_message(BOOTSTRAP, Bootstrap))
 
 
@@ -228,7 +236,7 @@ def test_server_info_shape(run: Callable[..., Any]) -> None:
 # --- /config_dump ----------------------------------------------------------------------
 
 def test_config_dump_shape_and_order(run: Callable[..., Any]) -> None:
-    async def main() -> None:
+    async def main() -> Response:
         async with serving(make_target()) as (_, port):
             return await fetch(port, "/config_dump")
     resp = run(main())
@@ -260,7 +268,12 @@ def test_config_dump_shape_and_order(run: Callable[..., Any]) -> None:
     secret = secrets["static_secrets"][0]
     assert secret["name"] == "token"
     assert secret["secret"]["generic_secret"]["secret"]["inline_string"] == "[redacted]"
-    assert SECRET_VALUE not in resp.text     # redacted in the bootstrap dump too
+    tls = clusters["static_clusters"][0]["cluster"]["transport_socket"]["typed_config"]
+    certificate = tls["common_tls_context"]["tls_certificates"][0]
+    assert certificate == {"certificate_chain": {"inline_string": "CERT"},   # not sensitive
+                           "private_key": {"inline_string": "[redacted]"}}
+    # Redacted wherever they appear, the bootstrap dump included.
+    assert SECRET_VALUE not in resp.text and "do-not-print" not in resp.text
 
 
 def test_config_dump_resource_mask_and_name_regex(run: Callable[..., Any]) -> None:
@@ -314,8 +327,8 @@ def test_stats_text_json_and_filters(run: Callable[..., Any]) -> None:
 
     async def main() -> dict[str, Response]:
         async with serving(target) as (_, port):
-            queries = {"text": "", "json": "format=json", "filter": "filter=^cluster%5C.backend%5C.upstream_rq_%5Cd",
-                       "plus": "filter=rq_2+xx", "invert": "filter=cluster&invert_filter",
+            queries = {"text": "", "json": "format=json", "filter": "filter=" + quote(r"^cluster\.backend\.upstream_rq_\d+$"),
+                       "plus": "filter=upstream_rq_2+xx", "invert": "filter=cluster&invert_filter",
                        "used": "usedonly&filter=backend", "counters": "type=Counters&filter=cx_active",
                        "gauges": "type=Gauges&filter=cx_active", "bad_regex": "filter=(",
                        "bad_format": "format=yaml", "bad_type": "type=counters",
@@ -365,9 +378,11 @@ def test_stats_prometheus(run: Callable[..., Any]) -> None:
     assert_admin_headers(full, "text/plain; charset=UTF-8")
     assert 'envoy_cluster_upstream_rq_total{envoy_cluster_name="backend"} 7\n' in full.text
     assert "# TYPE envoy_cluster_upstream_rq_total counter\n" in full.text
-    assert filtered.text == ("# TYPE envoy_cluster_upstream_rq_total counter\n"
-                             'envoy_cluster_upstream_rq_total{envoy_cluster_name="another"} 0\n'
-                             'envoy_cluster_upstream_rq_total{envoy_cluster_name="backend"} 7\n')
+    lines = filtered.text.splitlines()
+    assert lines[0] == "# TYPE envoy_cluster_upstream_rq_total counter"
+    assert sorted(lines[1:]) == [
+        'envoy_cluster_upstream_rq_total{envoy_cluster_name="another"} 0',
+        'envoy_cluster_upstream_rq_total{envoy_cluster_name="backend"} 7']
     assert 'envoy_cluster_upstream_rq{envoy_response_code="503",envoy_cluster_name="backend"} 1' \
         in used.text
     assert 'envoy_cluster_name="another"' not in used.text
@@ -403,6 +418,7 @@ def test_healthcheck_fail_and_ok(run: Callable[..., Any]) -> None:
     assert (fail.status, fail.text, ok.status, ok.text) == (200, "OK\n", 200, "OK\n")
     assert_admin_headers(fail, "text/plain; charset=UTF-8")
     assert (ready_failed.status, ready_failed.text) == (503, "DRAINING\n")
+    assert target.state == "LIVE"       # the admin derives DRAINING, as Envoy's serverState
     assert (ready_ok.status, ready_ok.text) == (200, "LIVE\n")
     assert target.health_calls == [True, False]
 
@@ -473,7 +489,8 @@ def test_keep_alive_and_pipelining(run: Callable[..., Any]) -> None:
     (b"POST /healthcheck/ok HTTP/1.1\r\nHost: x\r\nTransfer-Encoding: chunked\r\n\r\nzz\r\n", 400),
     (b"GET /ready HTTP/1.0\r\n\r\n", 426),
     (b"GET /ready HTTP/1.1\r\nHost: x\r\nX-Big: " + b"a" * 70_000 + b"\r\n\r\n", 431),
-])
+], ids=["garbage", "content-length-and-chunked", "space-before-colon", "relative-target",
+        "bad-chunk-size", "http-1.0", "header-block-over-60k"])
 def test_malformed_request_gets_error_and_close(run: Callable[..., Any], request_bytes: bytes,
                                                status: int) -> None:
     target = make_target()

@@ -39,16 +39,10 @@ class HeaderValueOption:
 
 @dataclass(frozen=True, slots=True)
 class HeaderMutations:
-    """One level's *_headers_to_add / *_headers_to_remove."""
+    """One level's *_headers_to_add / *_headers_to_remove (``None`` stands for none at all)."""
 
     add: tuple[HeaderValueOption, ...] = ()
     remove: tuple[str, ...] = ()
-
-    def __bool__(self) -> bool:
-        return bool(self.add or self.remove)
-
-
-NO_MUTATIONS = HeaderMutations()
 
 
 # --- route matching -----------------------------------------------------------
@@ -95,8 +89,8 @@ class RegexRewrite:
 class WeightedClusterEntry:
     name: str
     weight: int
-    request_headers: HeaderMutations = NO_MUTATIONS
-    response_headers: HeaderMutations = NO_MUTATIONS
+    request_headers: HeaderMutations | None = None
+    response_headers: HeaderMutations | None = None
     host_rewrite_literal: str | None = None
 
 
@@ -142,8 +136,8 @@ class Route:
     match: RouteMatch
     action: Action
     name: str = ""
-    request_headers: HeaderMutations = NO_MUTATIONS
-    response_headers: HeaderMutations = NO_MUTATIONS
+    request_headers: HeaderMutations | None = None
+    response_headers: HeaderMutations | None = None
 
 
 @dataclass(frozen=True, slots=True)
@@ -151,16 +145,16 @@ class VirtualHost:
     name: str
     domains: tuple[str, ...]
     routes: tuple[Route, ...]
-    request_headers: HeaderMutations = NO_MUTATIONS
-    response_headers: HeaderMutations = NO_MUTATIONS
+    request_headers: HeaderMutations | None = None
+    response_headers: HeaderMutations | None = None
 
 
 @dataclass(frozen=True, slots=True)
 class RouteConfig:
     name: str
     virtual_hosts: tuple[VirtualHost, ...]
-    request_headers: HeaderMutations = NO_MUTATIONS
-    response_headers: HeaderMutations = NO_MUTATIONS
+    request_headers: HeaderMutations | None = None
+    response_headers: HeaderMutations | None = None
 
 
 # --- network filters ------------------------------------------------------------

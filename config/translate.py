@@ -524,7 +524,7 @@ class Translator:
                 self.error(f"{path}.filename", f"cannot read {ds.filename}: {e.strerror}")
         return None
 
-    def header_mutations(self, msg: Message, path: str, which: str) -> model.HeaderMutations:
+    def header_mutations(self, msg: Message, path: str, which: str) -> model.HeaderMutations | None:
         add_field, remove_field = f"{which}_headers_to_add", f"{which}_headers_to_remove"
         adds = []
         for i, hv in enumerate(getattr(msg, add_field)):
@@ -545,7 +545,7 @@ class Translator:
                 self.error(f"{p}.header.value", "header formatters (%...%) are not supported yet")
             adds.append(model.HeaderValueOption(key, value, action, hv.keep_empty_value))
         removes = tuple(h.lower() for h in getattr(msg, remove_field))
-        return model.HeaderMutations(tuple(adds), removes) if adds or removes else model.NO_MUTATIONS
+        return model.HeaderMutations(tuple(adds), removes) if adds or removes else None
 
     def validate_route_clusters(self, listeners: Any, cluster_names: set[str]) -> None:
         """Envoy's validate_clusters (default true for inline route tables)."""

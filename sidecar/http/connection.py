@@ -16,28 +16,36 @@ from collections import deque
 from typing import TYPE_CHECKING
 
 from sidecar.codec.events import Body, EndOfMessage, ParseError, RequestHead
-from sidecar.codec.http1 import LAST_CHUNK, encode_chunk, encode_last_chunk, serialize_response_head
+from sidecar.codec.http1 import (LAST_CHUNK, MISSING_HOST, REASONS, encode_chunk, encode_last_chunk,
+                                 serialize_response_head)
 from sidecar.http import local_reply
 from sidecar.http.dates import http_date
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyReset, BodyStream, Request, Response
+from sidecar.netinfo import is_loopback, local_address
 from sidecar.stats import count_downstream_response
+from sidecar.timers import LazyDeadline
 
 if TYPE_CHECKING:
     from sidecar.http.context import HcmContext
 
 log = logging.getLogger(__name__)
 
-# Request headers that belong to the downstream hop; the router re-frames the body.
-_HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "transfer-encoding",
-                         "upgrade", "content-length", "host"))
+# Request headers not forwarded: the downstream hop's own (the router re-frames
+# the body and writes Host), and one Envoy always sets itself.
+_DROPPED = frozenset(("connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                      "upgrade", "content-length", "host", "x-envoy-expected-rq-timeout-ms"))
+
+# RFC 9562 UUIDv4: version nibble 4, variant bits 10.
+_UUID_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_UUID_SET = (0x4 << 76) | (0x2 << 62)
+_getrandbits = random.getrandbits
 
 
 def _request_id() -> str:
-    """A random UUID4 string without a syscall per request (uuid.uuid4 reads os.urandom)."""
-    n = (random.getrandbits(128) & ~(0xF000 << 64) | (0x4000 << 64)) & ~(0xC000 << 48) | (0x8000 << 48)
-    h = f"{n:032x}"
-    return f"{h[:8]}-{h[8:12]}-{h[12:16]}-{h[16:20]}-{h[20:]}"
+    """A random UUIDv4 string without a syscall per request (uuid.uuid4 reads os.urandom)."""
+    h = "%032x" % (_getrandbits(128) & _UUID_CLEAR | _UUID_SET)
+    return "-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
 
 
 class HttpConnection(asyncio.Protocol):
@@ -57,8 +65,7 @@ class HttpConnection(asyncio.Protocol):
         self.peer: tuple | None = None
         self.local: tuple | None = None
         self.remote_ip = ""
-        self.idle_since = 0.0
-        self.idle_handle: asyncio.TimerHandle | None = None
+        self.idle = LazyDeadline(ctx.loop, self._idle_timeout)
         self.requests = 0
 
     # --- asyncio.Protocol ------------------------------------------------------
@@ -113,8 +120,7 @@ class HttpConnection(asyncio.Protocol):
         stats.downstream_cx_http1_active -= 1
         stats.downstream_cx_destroy += 1
         self.ctx.connections.discard(self)
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
+        self.idle.cancel()
         if self.parsing is not None:
             self.parsing.reset(BodyReset("downstream closed"))
         self._wake(None)
@@ -140,15 +146,23 @@ class HttpConnection(asyncio.Protocol):
         target = head.target
         authority = ""
         headers = []
+        xfp = xff = request_id = -1     # positions in ``headers``, -1 when absent
         for name, value in head.headers:
-            if name == "host":
-                if not authority:
+            if name in _DROPPED:
+                if name == "host" and not authority:
                     authority = value
-            elif name not in _HOP_BY_HOP:
-                headers.append((name, value))
+                continue
+            if name[0] == "x":
+                if name == "x-forwarded-proto":
+                    xfp = len(headers)
+                elif name == "x-forwarded-for":
+                    xff = len(headers)
+                elif name == "x-request-id":
+                    request_id = len(headers)
+            headers.append((name, value))
         if head.version != "1.1":
             if not cfg.accept_http_10:
-                self._reject(426, "", "http1.http_10_not_allowed")
+                self._protocol_error(426, "http1.http_10_not_allowed")
                 return
             if not authority:
                 authority = cfg.default_host_for_http_10
@@ -174,20 +188,29 @@ class HttpConnection(asyncio.Protocol):
             headers = [h for h in headers if h[0] != "expect"]
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
         if cfg.use_remote_address:
+            # Edge proxy: this hop's peer is the client; Envoy appends it (this host's
+            # own address when the peer is loopback), marks it external, and sets the
+            # protocol it saw.
             if not cfg.skip_xff_append:
-                self._append_xff(headers)
-            headers = [h for h in headers if h[0] != "x-forwarded-proto"]
-            headers.append(("x-forwarded-proto", "http"))
-        elif not any(h[0] == "x-forwarded-proto" for h in headers):
+                peer = local_address() if is_loopback(self.remote_ip) else self.remote_ip
+                if xff >= 0:
+                    headers[xff] = ("x-forwarded-for", f"{headers[xff][1]},{peer}")
+                else:
+                    headers.append(("x-forwarded-for", peer))
+            headers = [h for h in headers if h[0] != "x-envoy-external-address"]
+            headers.append(("x-envoy-external-address", self.remote_ip))
+            if xfp >= 0:
+                headers[xfp] = ("x-forwarded-proto", "http")
+            else:
+                headers.append(("x-forwarded-proto", "http"))
+        elif xfp < 0:
             headers.append(("x-forwarded-proto", "http"))
         if cfg.generate_request_id:
-            has_id = any(h[0] == "x-request-id" for h in headers)
-            if has_id and cfg.use_remote_address and not cfg.preserve_external_request_id:
-                # An external request's id is not trusted (Envoy regenerates it at the edge).
-                headers = [h for h in headers if h[0] != "x-request-id"]
-                has_id = False
-            if not has_id:
+            if request_id < 0:
                 headers.append(("x-request-id", _request_id()))
+            elif cfg.use_remote_address and not cfg.preserve_external_request_id:
+                # An external request's id is not trusted (Envoy regenerates it at the edge).
+                headers[request_id] = ("x-request-id", _request_id())
         body = None
         if head.chunked or (head.content_length or 0) > 0:
             body = self.parsing = BodyStream(self.ctx.buffer_limit, self._pause_reading,
@@ -205,13 +228,6 @@ class HttpConnection(asyncio.Protocol):
             self.task = asyncio.get_running_loop().create_task(self._serve())
         else:
             self._wake(None)
-
-    def _append_xff(self, headers: list[tuple[str, str]]) -> None:
-        for i, (name, value) in enumerate(headers):
-            if name == "x-forwarded-for":
-                headers[i] = (name, f"{value},{self.remote_ip}")
-                return
-        headers.append(("x-forwarded-for", self.remote_ip))
 
     def _pause_reading(self) -> None:
         if not self.reading_paused and not self.closing:
@@ -257,11 +273,11 @@ class HttpConnection(asyncio.Protocol):
         stats.downstream_rq_total += 1
         stats.downstream_rq_http1_total += 1
         stats.downstream_rq_active += 1
-        self.idle_since = 0.0
+        self.idle.clear()
         info = request.info
         info.start_time = ctx.loop.time()
         try:
-            request.vhost, request.route = ctx.route_table.select(
+            request.route = ctx.route_table.select(
                 request.authority, request.path, request.method, request.headers, request.scheme)
             try:
                 response = await ctx.handler(request)
@@ -298,7 +314,7 @@ class HttpConnection(asyncio.Protocol):
         cfg = self.ctx.config
         headers = response.headers
         if cfg.server_header_transformation == "OVERWRITE":
-            headers = [h for h in headers if h[0] != "server"]
+            # The router already dropped the upstream's Server header.
             headers.append(("server", cfg.server_name))
         elif cfg.server_header_transformation == "APPEND_IF_ABSENT":
             if not any(h[0] == "server" for h in headers):
@@ -383,7 +399,10 @@ class HttpConnection(asyncio.Protocol):
         self.stats.downstream_cx_protocol_error += 1
         if status == 431:
             self.stats.downstream_rq_too_large += 1
-        self._reject(status, _PROTOCOL_ERROR_BODIES.get(status, ""), details)
+        # Envoy's codec errors carry the reason phrase as a text/plain body; a missing
+        # Host is the connection manager's reject there, with an empty body.
+        body = "" if details == MISSING_HOST else REASONS.get(status, "")
+        self._reject(status, body, details)
 
     def _send_and_close(self, reply: LocalReply) -> None:
         self.closing = True
@@ -407,33 +426,16 @@ class HttpConnection(asyncio.Protocol):
 
     def _went_idle(self) -> None:
         timeout = self.ctx.config.idle_timeout
-        if timeout is None:
-            return
-        self.idle_since = self.ctx.loop.time()
-        if self.idle_handle is None:
-            self.idle_handle = self.ctx.loop.call_later(timeout, self._idle_check)
+        if timeout is not None:
+            self.idle.set(self.ctx.loop.time() + timeout)
 
-    def _idle_check(self) -> None:
-        """Close after idle_timeout with no request; re-arms lazily so a busy connection costs no timer per request."""
-        self.idle_handle = None
-        if self.closing:
-            return
-        timeout = self.ctx.config.idle_timeout
-        if self.queue or not self.idle_since:
-            self.idle_handle = self.ctx.loop.call_later(timeout, self._idle_check)  # type: ignore[arg-type]
-            return
-        remaining = self.idle_since + timeout - self.ctx.loop.time()  # type: ignore[operator]
-        if remaining > 0:
-            self.idle_handle = self.ctx.loop.call_later(remaining, self._idle_check)
-            return
-        self.stats.downstream_cx_idle_timeout += 1
-        self._close()
+    def _idle_timeout(self) -> None:
+        if not self.queue and not self.closing:
+            self.stats.downstream_cx_idle_timeout += 1
+            self._close()
 
     def drain(self) -> None:
         """Server draining: close now if idle; otherwise the next response says Connection: close."""
         if not self.queue:
             self._close()
 
-
-# Envoy's bodies for codec errors are empty except where noted (checked against 1.40).
-_PROTOCOL_ERROR_BODIES: dict[int, str] = {}

@@ -142,7 +142,7 @@ class Request:
 
     __slots__ = ("method", "path", "authority", "scheme", "headers", "body", "version",
                  "keep_alive", "content_length", "chunked", "expect_continue",
-                 "route", "vhost", "info")
+                 "route", "info")
 
     def __init__(self, method: str, path: str, authority: str, scheme: str, headers: Headers,
                  body: Body, version: str = "1.1", keep_alive: bool = True,
@@ -159,8 +159,7 @@ class Request:
         self.content_length = content_length
         self.chunked = chunked
         self.expect_continue = expect_continue
-        self.route: Any = None            # set by the connection manager's route lookup
-        self.vhost: Any = None
+        self.route: Any = None            # the RouteEntry the connection manager selected
         self.info = info if info is not None else StreamInfo()
 
     def header(self, name: str) -> str | None:

@@ -131,25 +131,43 @@ def query_match(matchers: tuple[model.QueryParameterMatcher, ...], path: str) ->
     return True
 
 
+class RouteEntry:
+    """A route with what the router needs precomputed: the header mutations of every
+    level that has any, most specific first (route, virtual host, route config), as
+    Envoy applies them when most_specific_header_mutations_wins is off."""
+
+    __slots__ = ("route", "vhost", "action", "request_mutations", "response_mutations")
+
+    def __init__(self, route: model.Route, vhost: model.VirtualHost, config: model.RouteConfig) -> None:
+        self.route = route
+        self.vhost = vhost
+        self.action = route.action
+        levels = (route, vhost, config)
+        self.request_mutations = tuple(l.request_headers for l in levels if l.request_headers)
+        self.response_mutations = tuple(l.response_headers for l in levels if l.response_headers)
+
+
 class RouteTable:
-    """A compiled RouteConfig: ``select()`` returns (virtual host, route) or (vh or None, None)."""
+    """A compiled RouteConfig: ``select()`` returns the matching RouteEntry, or None (no route)."""
 
     def __init__(self, config: model.RouteConfig) -> None:
         self.config = config
         self.hosts = VirtualHostTable(config.virtual_hosts)
+        self.entries = {id(vh): [RouteEntry(r, vh, config) for r in vh.routes]
+                        for vh in config.virtual_hosts}
 
     def select(self, authority: str, path: str, method: str, headers: Headers,
-               scheme: str) -> tuple[model.VirtualHost | None, model.Route | None]:
+               scheme: str) -> RouteEntry | None:
         vh = self.hosts.find(authority)
         if vh is None:
-            return None, None
-        for route in vh.routes:
-            m = route.match
+            return None
+        for entry in self.entries[id(vh)]:
+            m = entry.route.match
             if not path_matches(m, path):
                 continue
             if m.headers and not headers_match(m.headers, headers, authority, method, path, scheme):
                 continue
             if m.query_parameters and not query_match(m.query_parameters, path):
                 continue
-            return vh, route
-        return vh, None
+            return entry
+        return None

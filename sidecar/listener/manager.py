@@ -96,7 +96,12 @@ class ListenerManager:
             make = lambda: TcpProxyDownstream(context)  # noqa: E731
         server = sock = None
         if config.bind_to_port:
-            sock = bind_socket(config.address)
+            a = config.address
+            try:
+                sock = bind_socket(a)
+            except OSError as e:
+                raise OSError(e.errno, f"listener {config.name!r}: cannot bind {a.address}:{a.port}: "
+                              f"{e.strerror}") from None
             bound = sock.getsockname()
             name = f"{bound[0]}_{bound[1]}" if not config.stat_prefix else config.stat_prefix
             factory = CountingProtocolFactory(make, self.stats.listener_scope(name))

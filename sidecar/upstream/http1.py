@@ -11,6 +11,7 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.codec.events import Body, EndOfMessage, ParseError, ResponseHead
 from sidecar.http.message import BodyReset, BodyStream
+from sidecar.timers import LazyDeadline
 
 if TYPE_CHECKING:
     from sidecar.upstream.pool import Http1Pool
@@ -33,17 +34,28 @@ class UpstreamProtocolError(Exception):
     """The upstream sent bytes that are not a valid HTTP/1 response."""
 
 
+class UpstreamTimeout(Exception):
+    """The route timeout expired before the response head arrived."""
+
+
+# What the head waiter resolves to: the head, and the body as bytes when the whole
+# response arrived in one read (the common small response: no stream needed), else
+# a BodyStream fed as the rest arrives.
+ResponseStart = tuple[ResponseHead, "bytes | BodyStream"]
+
+
 class Http1UpstreamConnection(asyncio.Protocol):
     __slots__ = ("pool", "parser", "transport", "head_waiter", "body", "closed",
                  "received_any", "request_done", "response_done", "reusable",
-                 "requests", "drain_waiter", "write_paused", "idle_handle", "interim",
+                 "requests", "drain_waiter", "write_paused", "idle_deadline", "interim",
+                 "route_deadline",
                  "high_watermark")
 
     def __init__(self, pool: Http1Pool, parser: Any, high_watermark: int) -> None:
         self.pool = pool
         self.parser = parser
         self.transport: asyncio.Transport | None = None
-        self.head_waiter: asyncio.Future[tuple[ResponseHead, BodyStream]] | None = None
+        self.head_waiter: asyncio.Future[ResponseStart] | None = None
         self.body: BodyStream | None = None
         self.closed = False
         self.received_any = False
@@ -53,13 +65,15 @@ class Http1UpstreamConnection(asyncio.Protocol):
         self.requests = 0
         self.drain_waiter: asyncio.Future[None] | None = None
         self.write_paused = False
-        self.idle_handle: asyncio.TimerHandle | None = None
+        loop = asyncio.get_event_loop()
+        self.idle_deadline = LazyDeadline(loop, self._idle_expired)     # while pooled
+        self.route_deadline = LazyDeadline(loop, self.time_out)        # while awaiting a head
         self.interim = False
         self.high_watermark = high_watermark
 
     # --- used by the router ----------------------------------------------------
 
-    def send_head(self, data: bytes, method: str) -> asyncio.Future[tuple[ResponseHead, BodyStream]]:
+    def send_head(self, data: bytes, method: str) -> asyncio.Future[ResponseStart]:
         """Write the request head (and any body bytes already at hand); returns the head future."""
         self.requests += 1
         self.request_done = self.response_done = self.received_any = False
@@ -84,6 +98,16 @@ class Http1UpstreamConnection(asyncio.Protocol):
         self.request_done = True
         if self.response_done:
             self._done()
+
+    def _idle_expired(self) -> None:
+        self.pool.idle_expired(self)
+
+    def time_out(self) -> None:
+        """The route timeout fired: fail the wait for the head, and drop the connection."""
+        waiter, self.head_waiter = self.head_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_exception(UpstreamTimeout())
+        self.abort()
 
     def abort(self) -> None:
         """Drop the connection (the downstream went away or the request timed out)."""
@@ -117,36 +141,57 @@ class Http1UpstreamConnection(asyncio.Protocol):
         self._handle(events)
 
     def _handle(self, events: list[Any]) -> None:
+        head: ResponseHead | None = None      # a head not handed over yet
+        chunks: list[bytes] = []              # its body so far
         for event in events:
             kind = type(event)
             if kind is Body:
-                self.body.feed(event.data)  # type: ignore[union-attr]
+                if head is not None:
+                    chunks.append(event.data)
+                else:
+                    self.body.feed(event.data)  # type: ignore[union-attr]
             elif kind is ResponseHead:
                 if event.status < 200 and event.status != 101:
                     self.interim = True   # 100 Continue / 103: not forwarded (as Envoy by default)
                     continue
                 if not event.keep_alive:
                     self.reusable = False
-                transport = self.transport
-                self.body = BodyStream(self.high_watermark, transport.pause_reading,  # type: ignore[union-attr]
-                                       transport.resume_reading)  # type: ignore[union-attr]
-                waiter, self.head_waiter = self.head_waiter, None
-                if waiter is not None and not waiter.done():
-                    waiter.set_result((event, self.body))
+                head = event
             elif kind is EndOfMessage:
                 if self.interim:
                     self.interim = False
                     continue
-                body = self.body
                 self.response_done = True
-                if body is not None:
-                    body.feed_eof(event.trailers)
+                if head is not None and not event.trailers:
+                    self._deliver(head, chunks[0] if len(chunks) == 1 else b"".join(chunks))
+                    head = None
+                else:
+                    if head is not None:
+                        self._start_stream(head, chunks)
+                        head = None
+                    self.body.feed_eof(event.trailers)  # type: ignore[union-attr]
                 if self.request_done:
                     self._done()
                 else:
                     # Answered before the request was fully sent: the rest of the
                     # request may still be in flight, so never reuse (as Envoy).
                     self.reusable = False
+        if head is not None:
+            self._start_stream(head, chunks)
+
+    def _start_stream(self, head: ResponseHead, chunks: list[bytes]) -> None:
+        transport = self.transport
+        body = self.body = BodyStream(self.high_watermark, transport.pause_reading,  # type: ignore[union-attr]
+                                      transport.resume_reading)  # type: ignore[union-attr]
+        for chunk in chunks:
+            body.feed(chunk)
+        self._deliver(head, body)
+
+    def _deliver(self, head: ResponseHead, body: bytes | BodyStream) -> None:
+        self.route_deadline.clear()
+        waiter, self.head_waiter = self.head_waiter, None
+        if waiter is not None and not waiter.done():
+            waiter.set_result((head, body))
 
     def _done(self) -> None:
         self.body = None
@@ -170,6 +215,8 @@ class Http1UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        self.route_deadline.cancel()
+        self.idle_deadline.cancel()
         self._fail(UpstreamClosed(self.received_any))
         waiter, self.drain_waiter = self.drain_waiter, None
         if waiter is not None and not waiter.done():

@@ -37,40 +37,49 @@ class Http1Pool:
     def __repr__(self) -> str:
         return f"<Http1Pool {self.address}:{self.port} idle={len(self.idle)} busy={len(self.busy)}>"
 
-    async def acquire(self) -> tuple[Http1UpstreamConnection, bool]:
-        """A connection for one request, and whether it was reused from the pool."""
+    def take_idle(self) -> Http1UpstreamConnection | None:
+        """The warmest idle connection still usable, or None."""
         idle = self.idle
         while idle:
             conn = idle.pop()
-            if conn.idle_handle is not None:
-                conn.idle_handle.cancel()
-                conn.idle_handle = None
+            conn.idle_deadline.clear()
             if conn.usable:
                 self.busy.add(conn)
-                return conn, True
-        conn = await self.connect()
-        self.busy.add(conn)
-        return conn, False
+                return conn
+        return None
 
-    async def connect(self) -> Http1UpstreamConnection:
+    async def connect(self, deadline: float | None = None) -> Http1UpstreamConnection:
+        """A new connection, within connect_timeout and the route's ``deadline`` (loop time).
+
+        Raises LocalReply: UF on refusal or connect timeout, UT when the route's
+        deadline comes first (Envoy's route timeout includes connecting).
+        """
         loop = asyncio.get_running_loop()
         stats = self.stats
         stats.upstream_cx_total += 1
         stats.upstream_cx_http1_total += 1
+        timeout = self.connect_timeout
+        route_deadline_first = False
+        if deadline is not None and deadline - loop.time() < timeout:
+            timeout = max(deadline - loop.time(), 0.0)
+            route_deadline_first = True
         try:
-            async with asyncio.timeout(self.connect_timeout):
+            async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
                     lambda: Http1UpstreamConnection(self, self.parser_factory(), self.buffer_limit),
                     self.address, self.port)
         except TimeoutError:
             stats.upstream_cx_connect_fail += 1
             stats.upstream_cx_connect_timeout += 1
+            if route_deadline_first:
+                raise local_reply.upstream_timeout() from None
             raise local_reply.connect_timeout() from None
         except OSError as e:
             stats.upstream_cx_connect_fail += 1
             log.debug("connect to %s:%s failed: %s", self.address, self.port, e)
             raise local_reply.connect_failure() from None
         stats.upstream_cx_active += 1
+        self.busy.add(conn)
         return conn
 
     def release(self, conn: Http1UpstreamConnection) -> None:
@@ -85,12 +94,10 @@ class Http1Pool:
                 conn.transport.close()  # type: ignore[union-attr]
             return
         if self.idle_timeout is not None:
-            conn.idle_handle = asyncio.get_running_loop().call_later(
-                self.idle_timeout, self._idle_expired, conn)
+            conn.idle_deadline.set(conn.idle_deadline.loop.time() + self.idle_timeout)
         self.idle.append(conn)
 
-    def _idle_expired(self, conn: Http1UpstreamConnection) -> None:
-        conn.idle_handle = None
+    def idle_expired(self, conn: Http1UpstreamConnection) -> None:
         if conn in self.idle:
             self.idle.remove(conn)
             self.stats.upstream_cx_idle_timeout += 1
@@ -103,9 +110,6 @@ class Http1Pool:
         stats.upstream_cx_active -= 1
         stats.upstream_cx_destroy += 1
         self.busy.discard(conn)
-        if conn.idle_handle is not None:
-            conn.idle_handle.cancel()
-            conn.idle_handle = None
         if conn in self.idle:
             # Closed by the upstream while idle in the pool.
             stats.upstream_cx_destroy_remote += 1
@@ -115,7 +119,5 @@ class Http1Pool:
         """Close idle connections now; busy ones close when their exchange ends."""
         self.closed = True
         for conn in self.idle:
-            if conn.idle_handle is not None:
-                conn.idle_handle.cancel()
             conn.transport.close()  # type: ignore[union-attr]
         self.idle.clear()

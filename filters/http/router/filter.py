@@ -2,7 +2,9 @@
 
 Also the route's other actions (direct_response, redirect) and Envoy's
 request/response header work: header mutations at every level, rewrites,
-x-envoy-expected-rq-timeout-ms, x-envoy-upstream-service-time.
+x-envoy-expected-rq-timeout-ms, x-envoy-upstream-service-time.  This is the
+hot path: one pass over the headers each way, no per-request timer objects
+beyond one TimerHandle, no body stream when the whole response came in one read.
 """
 
 from __future__ import annotations
@@ -20,7 +22,9 @@ from sidecar.codec.http1 import LAST_CHUNK, encode_chunk, encode_last_chunk, ser
 from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyStream, Request, Response
-from sidecar.upstream.http1 import Http1UpstreamConnection, UpstreamClosed, UpstreamProtocolError
+from sidecar.http.route_table import RouteEntry
+from sidecar.upstream.http1 import (Http1UpstreamConnection, UpstreamClosed, UpstreamProtocolError,
+                                    UpstreamTimeout)
 
 # Response headers that belong to one hop (RFC 9110 7.6.1), and the framing
 # headers the connection manager writes itself.
@@ -28,35 +32,75 @@ HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "transfe
                         "upgrade", "te", "content-length"))
 
 
+# Request bytes held for resending on a fresh connection (see Router.exchange).
+REPLAY_LIMIT = 64 * 1024
+
+
+class _Sent:
+    """What one request has written upstream so far, kept while it fits REPLAY_LIMIT."""
+
+    __slots__ = ("pieces", "size", "replayable", "finished", "written")
+
+    def __init__(self, head: bytes) -> None:
+        self.pieces = [head]
+        self.size = 0
+        self.replayable = True
+        self.finished = False      # the whole body has been written
+        self.written = False       # data() was taken once: later pieces go straight out
+
+    def add(self, piece: bytes) -> None:
+        if not self.replayable:
+            if not self.written:
+                self.pieces.append(piece)
+            return
+        self.size += len(piece)
+        if self.size > REPLAY_LIMIT:
+            self.replayable = False
+            if self.written:
+                self.pieces = []
+                return
+        self.pieces.append(piece)
+
+    def data(self) -> bytes:
+        """Everything to write on a (new) connection: the head and the body held so far."""
+        pieces = self.pieces
+        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        self.written = True
+        if not self.replayable:
+            self.pieces = []
+        return data
+
+
 class Router:
     def __init__(self, config: RouterConfig, ctx: FilterContext) -> None:
-        self.config = config
         self.clusters = ctx.cluster_manager
-        self.hcm: model.HttpConnectionManager = ctx.hcm
         self.http_stats = ctx.stats
         self.suppress_envoy_headers = config.suppress_envoy_headers
+        hcm: model.HttpConnectionManager = ctx.hcm
+        # With OVERWRITE (the default) the upstream's Server header goes here, in the
+        # same pass as the hop-by-hop headers, and the connection manager adds ours.
+        self.strip_response = (HOP_BY_HOP | {"server"}
+                               if hcm.server_header_transformation == "OVERWRITE" else HOP_BY_HOP)
         self.loop = asyncio.get_event_loop()
 
     async def __call__(self, request: Request) -> Response:
-        route: model.Route | None = request.route
-        if route is None:
+        entry: RouteEntry | None = request.route
+        if entry is None:
             self.http_stats.no_route += 1
             raise local_reply.no_route()
-        action = route.action
+        action = entry.action
         if type(action) is model.RouteAction:
-            return await self.forward(request, route, action)
+            return await self.forward(request, entry, action)
         if type(action) is model.DirectResponseAction:
             self.http_stats.rq_direct_response += 1
             body = action.body or b""
             headers = [("content-type", "text/plain")] if body else []
-            response = Response(action.status, headers, body, content_length=len(body))
-            self.finalize_response(request, response, route, None)
-            return response
+            return self.finish(Response(action.status, headers, body, content_length=len(body)),
+                               entry, None)
         self.http_stats.rq_redirect += 1
-        location = redirect_location(request, action, route)
-        response = Response(action.response_code, [("location", location)], b"", content_length=0)
-        self.finalize_response(request, response, route, None)
-        return response
+        location = redirect_location(request, action, entry.route)
+        return self.finish(Response(action.response_code, [("location", location)], b"",
+                                    content_length=0), entry, None)
 
     # --- forwarding -------------------------------------------------------------
 
@@ -68,14 +112,14 @@ class Router:
             return request.header(action.cluster_header) or "", None
         # weighted_clusters: a uniform draw over total_weight, as Envoy.
         pick = random.randrange(action.total_weight)
-        for entry in action.weighted_clusters:
-            pick -= entry.weight
+        for weighted in action.weighted_clusters:
+            pick -= weighted.weight
             if pick < 0:
-                return entry.name, entry
+                return weighted.name, weighted
         last = action.weighted_clusters[-1]
         return last.name, last
 
-    async def forward(self, request: Request, route: model.Route, action: model.RouteAction) -> Response:
+    async def forward(self, request: Request, entry: RouteEntry, action: model.RouteAction) -> Response:
         name, weighted = self.pick_cluster(request, action)
         cluster = self.clusters.get(name)
         info = request.info
@@ -94,21 +138,14 @@ class Router:
         host.active_requests += 1
         start = self.loop.time()
         timeout = action.timeout
-        head = self.upstream_head(request, route, action, weighted, host, timeout)
+        head = self.upstream_head(request, entry, action, weighted, host, timeout)
         try:
-            if timeout is None:
-                response = await self.exchange(request, host, head)
-            else:
-                try:
-                    async with asyncio.timeout(timeout):
-                        response = await self.exchange(request, host, head)
-                except TimeoutError:
-                    stats.upstream_rq_timeout += 1
-                    stats.count_response(504)
-                    raise local_reply.upstream_timeout() from None
+            response = await self.exchange(request, host, head,
+                                           None if timeout is None else start + timeout)
         except LocalReply as reply:
-            if reply.status != 504:
-                stats.count_response(reply.status)
+            if reply.status == 504:
+                stats.upstream_rq_timeout += 1
+            stats.count_response(reply.status)
             raise
         finally:
             stats.upstream_rq_active -= 1
@@ -117,17 +154,16 @@ class Router:
         if not self.suppress_envoy_headers:
             response.headers.append(("x-envoy-upstream-service-time",
                                      str(int((self.loop.time() - start) * 1000))))
-        self.finalize_response(request, response, route, weighted)
-        return response
+        return self.finish(response, entry, weighted)
 
-    def upstream_head(self, request: Request, route: model.Route, action: model.RouteAction,
+    def upstream_head(self, request: Request, entry: RouteEntry, action: model.RouteAction,
                       weighted: model.WeightedClusterEntry | None, host: Any,
                       timeout: float | None) -> bytes:
         headers = request.headers
         path = request.path
         authority = request.authority
         if action.prefix_rewrite is not None or action.regex_rewrite is not None:
-            new_path = rewrite_path(path, route.match, action)
+            new_path = rewrite_path(path, entry.route.match, action)
             if new_path != path:
                 if not self.suppress_envoy_headers:
                     headers.append(("x-envoy-original-path", path))
@@ -138,21 +174,14 @@ class Router:
             authority = action.host_rewrite_literal
         elif action.auto_host_rewrite and host.hostname:
             authority = host.hostname
-        if not self.suppress_envoy_headers:
-            # Envoy always tells the upstream how long it will wait.
-            headers = [h for h in headers if h[0] != "x-envoy-expected-rq-timeout-ms"]
-            if timeout is not None:
-                headers.append(("x-envoy-expected-rq-timeout-ms", str(int(timeout * 1000))))
-        vh, rc = request.vhost, self.route_config
-        # Most specific first, then wider levels, as Envoy (most_specific_header_mutations_wins off).
-        if weighted is not None and weighted.request_headers:
+        if timeout is not None and not self.suppress_envoy_headers:
+            # Envoy tells the upstream how long it will wait (the connection manager
+            # already dropped any value the client sent).
+            headers.append(("x-envoy-expected-rq-timeout-ms", str(int(timeout * 1000))))
+        if weighted is not None and weighted.request_headers is not None:
             headers = apply_mutations(headers, weighted.request_headers)
-        if route.request_headers:
-            headers = apply_mutations(headers, route.request_headers)
-        if vh.request_headers:
-            headers = apply_mutations(headers, vh.request_headers)
-        if rc.request_headers:
-            headers = apply_mutations(headers, rc.request_headers)
+        for mutations in entry.request_mutations:
+            headers = apply_mutations(headers, mutations)
         body = request.body
         if body is None:
             if request.method in ("POST", "PUT", "PATCH"):
@@ -161,91 +190,100 @@ class Router:
             headers.append(("transfer-encoding", "chunked"))
         else:
             headers.append(("content-length", str(request.content_length)))
-        headers.insert(0, ("host", authority))
-        return serialize_request_head(request.method, path, headers)
+        return serialize_request_head(request.method, path, [("host", authority), *headers])
 
-    @property
-    def route_config(self) -> model.RouteConfig:
-        return self.hcm.route_config
-
-    async def exchange(self, request: Request, host: Any, head: bytes) -> Response:
-        """Send the request on a pooled connection and return the response head with its body.
+    async def exchange(self, request: Request, host: Any, head: bytes,
+                       deadline: float | None) -> Response:
+        """Send the request on a pooled connection; return the response head with its body.
 
         A reused connection that the upstream had already closed (no response
-        byte received) is retried once on a fresh connection when the request
-        body can be sent again: the classic keep-alive race behind "503 UC".
+        byte received) is retried once on a fresh connection, when everything
+        sent so far is still held (the body up to REPLAY_LIMIT): the classic
+        keep-alive race behind "503 UC".
         """
         body = request.body
-        first = body.read_nowait() if isinstance(body, BodyStream) else None
-        replayable = body is None or (first is not None and body.complete)  # type: ignore[union-attr]
         chunked = request.chunked
-        if first and chunked:
-            first = encode_chunk(first)
-            if body.complete:  # type: ignore[union-attr]
-                first += encode_last_chunk(body.trailers) if body.trailers else LAST_CHUNK  # type: ignore[union-attr]
-        elif first == b"" and chunked:
-            first = LAST_CHUNK
-        data = head + first if first else head
+        sent = _Sent(head)
+        if body is not None:
+            first = body.read_nowait()   # type: ignore[union-attr]
+            if first:
+                sent.add(encode_chunk(first) if chunked else first)
+            if body.complete:            # type: ignore[union-attr]
+                if chunked:
+                    sent.add(encode_last_chunk(body.trailers) if body.trailers else LAST_CHUNK)  # type: ignore[union-attr]
+                sent.finished = True
+        else:
+            sent.finished = True
         pool = host.pool
         for attempt in (1, 2):
-            conn, reused = await pool.acquire()
-            waiter = conn.send_head(data, request.method)
+            conn = pool.take_idle()
+            reused = conn is not None
+            if conn is None:
+                conn = await pool.connect(deadline)
+            waiter = conn.send_head(sent.data(), request.method)
+            if deadline is not None:
+                conn.route_deadline.set(deadline)
             try:
-                if body is not None and not (first is not None and body.complete):  # type: ignore[union-attr]
-                    await self.stream_body(body, conn, chunked)  # type: ignore[arg-type]
+                if not sent.finished:
+                    await self.stream_body(body, conn, chunked, sent)  # type: ignore[arg-type]
                 conn.finish_request()
                 response_head, response_body = await waiter
             except UpstreamClosed as closed:
-                if reused and replayable and attempt == 1 and not closed.received_any:
+                if reused and sent.replayable and attempt == 1 and not closed.received_any:
                     continue
                 raise local_reply.connection_termination() from None
+            except UpstreamTimeout:
+                raise local_reply.upstream_timeout() from None
             except UpstreamProtocolError:
                 raise local_reply.upstream_protocol_error() from None
             except BaseException:
-                # Timeout, downstream gone, or body reset: the exchange can't finish.
+                # Downstream gone or its body broke off: the exchange can't finish.
                 conn.abort()
                 raise
             return self.downstream_response(request, response_head, response_body, conn)
         raise AssertionError("unreachable")
 
-    async def stream_body(self, body: BodyStream, conn: Http1UpstreamConnection, chunked: bool) -> None:
+    async def stream_body(self, body: BodyStream, conn: Http1UpstreamConnection, chunked: bool,
+                          sent: _Sent) -> None:
         """Copy the request body upstream chunk by chunk, waiting while the socket is backed up."""
         async for chunk in body:
-            conn.write(encode_chunk(chunk) if chunked else chunk)
+            piece = encode_chunk(chunk) if chunked else chunk
+            sent.add(piece)
+            conn.write(piece)
             if conn.write_paused:
                 await conn.drain()
+            if conn.closed:
+                return      # timed out or reset: the head waiter says which
         if chunked:
-            conn.write(encode_last_chunk(body.trailers) if body.trailers else LAST_CHUNK)
+            piece = encode_last_chunk(body.trailers) if body.trailers else LAST_CHUNK
+            sent.add(piece)
+            conn.write(piece)
+        sent.finished = True
 
-    def downstream_response(self, request: Request, head: ResponseHead, body: BodyStream,
+    def downstream_response(self, request: Request, head: ResponseHead, body: bytes | BodyStream,
                             conn: Http1UpstreamConnection) -> Response:
-        headers = [h for h in head.headers if h[0] not in HOP_BY_HOP]
-        no_body = (request.method == "HEAD" or head.status in (204, 304))
-        if no_body:
-            response_body: BodyStream | bytes | None = b""
-        elif body.complete and not head.chunked:
-            response_body = body.read_nowait()          # the whole body arrived with the head
-        else:
-            response_body = body
-        response = Response(head.status, headers, response_body, content_length=head.content_length,
-                            chunked=head.chunked, reason=head.reason)
-        if isinstance(response_body, BodyStream):
-            response.on_complete = lambda ok: None if ok and body.complete else conn.abort()
-        return response
+        strip = self.strip_response
+        headers = [h for h in head.headers if h[0] not in strip]
+        if request.method == "HEAD" or head.status in (204, 304):
+            body = b""
+        elif type(body) is not bytes:
+            stream = body
+            response = Response(head.status, headers, stream, content_length=head.content_length,
+                                chunked=head.chunked, reason=head.reason)
+            # Streamed and cut short downstream: the upstream connection can't be reused.
+            response.on_complete = lambda ok: None if ok and stream.complete else conn.abort()  # type: ignore[union-attr]
+            return response
+        return Response(head.status, headers, body, content_length=head.content_length,
+                        reason=head.reason)
 
-    def finalize_response(self, request: Request, response: Response, route: model.Route,
-                          weighted: model.WeightedClusterEntry | None) -> None:
-        headers = response.headers
-        vh, rc = request.vhost, self.route_config
-        if weighted is not None and weighted.response_headers:
-            headers = apply_mutations(headers, weighted.response_headers)
-        if route.response_headers:
-            headers = apply_mutations(headers, route.response_headers)
-        if vh.response_headers:
-            headers = apply_mutations(headers, vh.response_headers)
-        if rc.response_headers:
-            headers = apply_mutations(headers, rc.response_headers)
-        response.headers = headers
+    def finish(self, response: Response, entry: RouteEntry,
+               weighted: model.WeightedClusterEntry | None) -> Response:
+        """Apply the response header mutations, most specific level first."""
+        if weighted is not None and weighted.response_headers is not None:
+            response.headers = apply_mutations(response.headers, weighted.response_headers)
+        for mutations in entry.response_mutations:
+            response.headers = apply_mutations(response.headers, mutations)
+        return response
 
 
 def rewrite_path(path: str, match: model.RouteMatch, action: model.RouteAction) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 from config import model
 from sidecar.listener.half_close import shutdown_write
 from sidecar.stats import TcpStats
+from sidecar.timers import LazyDeadline
 
 log = logging.getLogger(__name__)
 
@@ -43,7 +44,9 @@ class TcpProxyContext:
         return self.config.weighted_clusters[-1][0]
 
     def drain(self) -> None:
-        """tcp_proxy connections are not interrupted by a drain; they end on their own."""
+        """On shutdown: a byte stream has no request boundary to wait for, so close now."""
+        for conn in list(self.connections):
+            conn.close()
 
 
 class _Side(asyncio.Protocol):
@@ -139,8 +142,7 @@ class TcpProxyDownstream(_Side):
         self.upstream: TcpProxyUpstream | None = None
         self.cluster_stats: Any = None
         self.connect_task: asyncio.Task[None] | None = None
-        self.last_activity = 0.0
-        self.idle_handle: asyncio.TimerHandle | None = None
+        self.idle = LazyDeadline(ctx.loop, self._idle_timeout)
         # Bytes that arrived before the upstream connected: uvloop may deliver the
         # first read even though connection_made paused reading.  At most a read's worth.
         self.early: list[bytes] = []
@@ -226,23 +228,13 @@ class TcpProxyDownstream(_Side):
 
     def touch(self) -> None:
         timeout = self.ctx.config.idle_timeout
-        if timeout is None:
-            return
-        self.last_activity = self.ctx.loop.time()
-        if self.idle_handle is None:
-            self.idle_handle = self.ctx.loop.call_later(timeout, self._idle_check)
+        if timeout is not None:
+            self.idle.set(self.ctx.loop.time() + timeout)
 
-    def _idle_check(self) -> None:
-        self.idle_handle = None
-        if self.closed:
-            return
-        timeout = self.ctx.config.idle_timeout
-        remaining = self.last_activity + timeout - self.ctx.loop.time()  # type: ignore[operator]
-        if remaining > 0:
-            self.idle_handle = self.ctx.loop.call_later(remaining, self._idle_check)
-            return
-        self.ctx.stats.idle_timeout += 1
-        self.close()
+    def _idle_timeout(self) -> None:
+        if not self.closed:
+            self.ctx.stats.idle_timeout += 1
+            self.close()
 
     def close(self) -> None:
         if not self.closed:
@@ -256,8 +248,7 @@ class TcpProxyDownstream(_Side):
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
         self.ctx.connections.discard(self)
-        if self.idle_handle is not None:
-            self.idle_handle.cancel()
+        self.idle.cancel()
         if self.connect_task is not None and not self.connect_task.done():
             self.connect_task.cancel()
         up = self.upstream

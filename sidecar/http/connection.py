@@ -343,7 +343,7 @@ class HttpConnection(asyncio.Protocol):
             keep_open = False   # an HTTP/1.0 client: the close frames the body
         if not keep_open:
             headers.append(("connection", "close"))
-        head = serialize_response_head(status, headers, response.reason)
+        head = serialize_response_head(status, headers)
         transport = self.transport
         ok = True
         if type(body) is bytes or body is None:

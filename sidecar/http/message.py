@@ -174,18 +174,17 @@ class Response:
     """A response head plus its body: bytes (local replies) or a stream (proxied)."""
 
     __slots__ = ("status", "headers", "body", "content_length", "chunked", "keep_alive",
-                 "reason", "on_complete")
+                 "on_complete")
 
     def __init__(self, status: int, headers: Headers, body: Body = None,
                  content_length: int | None = None, chunked: bool = False,
-                 keep_alive: bool = True, reason: str | None = None) -> None:
+                 keep_alive: bool = True) -> None:
         self.status = status
         self.headers = headers
         self.body = body
         self.content_length = content_length
         self.chunked = chunked
         self.keep_alive = keep_alive
-        self.reason = reason
         # Called once the response has been fully written downstream (or failed):
         # the upstream connection goes back to its pool only then.
         self.on_complete: Callable[[bool], None] | None = None

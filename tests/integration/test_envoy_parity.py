@@ -28,6 +28,8 @@ def upstream_handler(r: Received) -> Reply:
     if r.target.startswith("/status/"):
         code = int(r.target.split("/")[2])
         return Reply(code, [("x-upstream", "yes")], b"" if code in (204, 304) else b"status body")
+    if r.target.startswith("/reason"):
+        return Reply(200, body=b"x", reason="Fine Thanks")
     if r.target.startswith("/chunked"):
         return Reply(200, [("x-upstream", "yes")], chunks=[b"a", b"b", b"c"])
     return Reply(200, [("content-type", "application/json"), ("x-upstream", "yes")],
@@ -42,6 +44,7 @@ def observe(proxy, upstream: Upstream, path: str, method: str = "GET", host: str
     seen = upstream.requests[before:]
     out = {
         "status": r.status,
+        "reason": r.reason,
         "body": r.body,
         "headers": {h: ("<set>" if h in VOLATILE and r.header(h) else r.header(h))
                     for h in RESPONSE_HEADERS},
@@ -91,6 +94,7 @@ def test_plain_proxy_bootstrap():
         {"path": "/delete", "method": "DELETE"},
         {"path": "/head", "method": "HEAD"},
         {"path": "/chunked"},
+        {"path": "/reason"},
         {"path": "/status/404"},
         {"path": "/status/204"},
         {"path": "/status/500"},

@@ -14,6 +14,7 @@ class Result:
     status: int
     headers: list[tuple[str, str]]
     body: bytes
+    reason: str = ""
 
     def header(self, name: str) -> str | None:
         for k, v in self.headers:
@@ -33,7 +34,7 @@ def request(port: int, path: str = "/", method: str = "GET", host: str = "exampl
         all_headers = {"Host": host, **(headers or {})}
         conn.request(method, path, body=body, headers=all_headers)
         r = conn.getresponse()
-        return Result(r.status, [(k.lower(), v) for k, v in r.getheaders()], r.read())
+        return Result(r.status, [(k.lower(), v) for k, v in r.getheaders()], r.read(), r.reason)
     finally:
         conn.close()
 

@@ -42,6 +42,7 @@ class Reply:
     chunks: list[bytes] | None = None   # send the body chunked, in these pieces
     close: bool = False          # close the connection after the response
     reset: bool = False          # abort the connection instead of answering
+    reason: str = ""             # reason phrase ("" = h11's default)
 
 
 def echo_handler(request: Received) -> Reply:
@@ -141,7 +142,8 @@ class Upstream:
                     headers.append(("transfer-encoding", "chunked"))
                 if reply.close:
                     headers.append(("connection", "close"))
-                writer.write(conn.send(h11.Response(status_code=reply.status, headers=headers)))
+                writer.write(conn.send(h11.Response(status_code=reply.status, headers=headers,
+                                                    reason=reply.reason.encode())))
                 if received.method != "HEAD":
                     for piece in reply.chunks if reply.chunks is not None else [reply.body]:
                         if piece:

@@ -269,12 +269,12 @@ class Router:
         elif type(body) is not bytes:
             stream = body
             response = Response(head.status, headers, stream, content_length=head.content_length,
-                                chunked=head.chunked, reason=head.reason)
+                                chunked=head.chunked)
             # Streamed and cut short downstream: the upstream connection can't be reused.
             response.on_complete = lambda ok: None if ok and stream.complete else conn.abort()  # type: ignore[union-attr]
             return response
-        return Response(head.status, headers, body, content_length=head.content_length,
-                        reason=head.reason)
+        # The upstream's reason phrase is not kept: Envoy writes the standard one.
+        return Response(head.status, headers, body, content_length=head.content_length)
 
     def finish(self, response: Response, entry: RouteEntry,
                weighted: model.WeightedClusterEntry | None) -> Response:

@@ -171,6 +171,14 @@ class HttpFilterConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class AccessLog:
+    """A file or stdout/stderr access log: where, and the parsed format (config.access_format)."""
+
+    path: str                                   # "/dev/stdout" for the stdout logger
+    tokens: tuple[Any, ...]
+
+
+@dataclass(frozen=True, slots=True)
 class HttpConnectionManager:
     stat_prefix: str
     route_config: RouteConfig
@@ -195,6 +203,7 @@ class HttpConnectionManager:
     drain_timeout: float = 5.0
     max_requests_per_connection: int = 0
     suppress_envoy_headers: bool = False        # from the router filter's config
+    access_logs: tuple[AccessLog, ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -254,6 +263,7 @@ class Cluster:
     max_requests_per_connection: int = 0        # 0 = unlimited
     dns_refresh_rate: float = 5.0
     dns_lookup_family: str = "AUTO"             # AUTO | V4_ONLY | V6_ONLY | V4_PREFERRED | ALL
+    healthy_panic_threshold: float = 50.0       # percent; 0 disables panic routing
 
 
 # --- bootstrap -------------------------------------------------------------------

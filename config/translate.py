@@ -15,6 +15,7 @@ from google.protobuf import json_format
 from google.protobuf.message import Message
 
 from config import model
+from config.access_format import DEFAULT_FORMAT, parse_format
 from config.bootstrap import ensure_type_imported
 from config.errors import ConfigError, ConfigErrors
 from config.matchers import StringMatcher, compile_regex
@@ -26,6 +27,9 @@ HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network."
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
 HTTP_PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
+FILE_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+STDOUT_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
+STDERR_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
 
 # Looks up an HTTP filter by Envoy name / type URL; returns its parse(message, path)
 # or None when we don't implement it.  Injected so config/ imports nothing of ours.
@@ -213,7 +217,7 @@ class Translator:
             "preserve_external_request_id", "server_name", "server_header_transformation",
             "max_request_headers_kb", "stream_idle_timeout", "request_timeout",
             "request_headers_timeout", "drain_timeout", "common_http_protocol_options",
-            "http_protocol_options"))
+            "http_protocol_options", "access_log"))
         codec = {0: "AUTO", 1: "HTTP1"}.get(hcm.codec_type)
         if codec is None:
             self.error(f"{path}.codec_type", "only AUTO and HTTP1 are supported yet")
@@ -257,7 +261,45 @@ class Translator:
             idle_timeout=optional_timeout(common, "idle_timeout", 3600.0),
             drain_timeout=seconds(hcm.drain_timeout) if hcm.HasField("drain_timeout") else 5.0,
             max_requests_per_connection=wrapped(common, "max_requests_per_connection", 0),
-            suppress_envoy_headers=suppress)
+            suppress_envoy_headers=suppress,
+            access_logs=tuple(each(hcm.access_log, f"{path}.access_log", self.access_log)))
+
+    def access_log(self, entry: Message, path: str) -> model.AccessLog | None:
+        """envoy.access_loggers.file / stdout / stderr with Envoy's text formats."""
+        self.only(entry, path, ("name", "typed_config"))
+        type_url = entry.typed_config.type_url
+        config = self.unpack(entry.typed_config, f"{path}.typed_config")
+        if config is None:
+            return None
+        p = f"{path}.typed_config"
+        if type_url == FILE_ACCESS_LOG_TYPE:
+            self.only(config, p, ("path", "format", "log_format"))
+            target = config.path
+            if not target:
+                self.error(f"{p}.path", "value length must be at least 1 characters")
+        elif type_url in (STDOUT_ACCESS_LOG_TYPE, STDERR_ACCESS_LOG_TYPE):
+            self.only(config, p, ("log_format",))
+            target = "/dev/stdout" if type_url == STDOUT_ACCESS_LOG_TYPE else "/dev/stderr"
+        else:
+            self.error(p, f"access logger {entry.name!r} ({type_url}) is not supported")
+            return None
+        fmt = DEFAULT_FORMAT
+        if getattr(config, "format", ""):
+            fmt = config.format
+        if config.HasField("log_format"):
+            lf = config.log_format
+            self.only(lf, f"{p}.log_format", ("text_format", "text_format_source"))
+            if lf.WhichOneof("format") == "text_format":
+                fmt = lf.text_format
+            elif lf.WhichOneof("format") == "text_format_source":
+                fmt = (self.data_source(lf.text_format_source, f"{p}.log_format.text_format_source")
+                       or b"").decode()
+        try:
+            tokens = parse_format(fmt)
+        except ValueError as e:
+            self.error(f"{p}.log_format", str(e))
+            return None
+        return model.AccessLog(target, tokens)
 
     def http_filters(self, filters: Any, path: str) -> tuple[tuple[model.HttpFilterConfig, ...], bool]:
         """Parse http_filters; the list must end with the router (returns its suppress flag)."""
@@ -576,7 +618,8 @@ class Translator:
                             "dns_refresh_rate", "dns_lookup_family", "respect_dns_ttl",
                             "per_connection_buffer_limit_bytes", "common_http_protocol_options",
                             "typed_extension_protocol_options", "max_requests_per_connection",
-                            "least_request_lb_config", "metadata", "alt_stat_name"))
+                            "least_request_lb_config", "metadata", "alt_stat_name",
+                            "common_lb_config"))
         if not c.name:
             self.error(f"{path}.name", "value length must be at least 1 characters")
         ctype = {0: "STATIC", 1: "STRICT_DNS"}.get(c.type)
@@ -593,6 +636,15 @@ class Translator:
             lrc = c.least_request_lb_config
             self.only(lrc, f"{path}.least_request_lb_config", ("choice_count",))
             choice_count = wrapped(lrc, "choice_count", 2)
+        panic = 50.0
+        if c.HasField("common_lb_config"):
+            clc = c.common_lb_config
+            self.only(clc, f"{path}.common_lb_config", ("healthy_panic_threshold",))
+            if clc.HasField("healthy_panic_threshold"):
+                panic = clc.healthy_panic_threshold.value
+                if not 0 <= panic <= 100:
+                    self.error(f"{path}.common_lb_config.healthy_panic_threshold",
+                               "value must be inside range [0, 100]")
         idle, max_requests = self.upstream_http_options(c, path)
         endpoints = self.load_assignment(c, f"{path}.load_assignment", ctype)
         family = {0: "AUTO", 1: "V4_ONLY", 2: "V6_ONLY", 3: "V4_PREFERRED", 4: "ALL"}[
@@ -606,7 +658,7 @@ class Translator:
             idle_timeout=idle, max_requests_per_connection=max_requests,
             dns_refresh_rate=(seconds(c.dns_refresh_rate)
                               if c.HasField("dns_refresh_rate") else 5.0),
-            dns_lookup_family=family)
+            dns_lookup_family=family, healthy_panic_threshold=panic)
 
     def upstream_http_options(self, c: Message, path: str) -> tuple[float | None, int]:
         """Idle timeout and max requests per pooled connection, from either place Envoy reads them."""

@@ -32,6 +32,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="how long in-flight requests may take to finish on shutdown")
     p.add_argument("--concurrency", type=int, default=1)
     p.add_argument("--base-id", type=int, default=0, help="accepted for Envoy compatibility; unused")
+    p.add_argument("--file-flush-interval-msec", type=int, default=10000,
+                   help="how often access log files are written (as Envoy's)")
     p.add_argument("--http1-codec", choices=("httptools", "h11"),
                    default=os.environ.get("SIDECAR_HTTP1_CODEC", "httptools"),
                    help="HTTP/1 parser: httptools (llhttp, fast) or h11 (pure-Python reference)")
@@ -81,7 +83,8 @@ def main(argv: list[str] | None = None) -> int:
                "concurrency": args.concurrency, "log_level": args.log_level,
                "service_node": args.service_node, "service_cluster": args.service_cluster,
                "service_zone": args.service_zone, "drain_time_s": args.drain_time_s,
-               "mode": "Serve", "base_id": args.base_id, "http1_codec": args.http1_codec}
+               "mode": "Serve", "base_id": args.base_id, "http1_codec": args.http1_codec,
+               "file_flush_interval_msec": args.file_flush_interval_msec}
     return run_server(bootstrap, snapshot, options)
 
 

@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 from config import model
 from sidecar.admin.server import start_admin
 from sidecar.codec.http1 import get_parsers
+from sidecar.http.access_log import AccessLogs
 from sidecar.listener.manager import ListenerManager
 from sidecar.stats import StatsStore
 from sidecar.upstream.cluster import ClusterManager
@@ -37,7 +38,9 @@ class Server:
         self.drain_time = float(options.get("drain_time_s", 600))
         request_parser, response_parser = get_parsers(options.get("http1_codec", "httptools"))
         self.cluster_manager = ClusterManager(self.stats, response_parser)
-        self.listener_manager = ListenerManager(self.stats, self.cluster_manager, request_parser)
+        self.listener_manager = ListenerManager(
+            self.stats, self.cluster_manager, request_parser,
+            AccessLogs(options.get("file_flush_interval_msec", 10000) / 1000))
         self.admin: asyncio.AbstractServer | None = None
         self._stop: asyncio.Event | None = None
 
@@ -90,5 +93,6 @@ class Server:
         while self.listener_manager.open_connections() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
         self.cluster_manager.close()
+        self.listener_manager.access_logs.close()
         if self.admin is not None:
             self.admin.close()

@@ -101,7 +101,7 @@ class ClusterStats(Scope):
                 "upstream_rq_tx_reset", "upstream_rq_retry", "upstream_cx_none_healthy",
                 "update_attempt", "update_success", "update_failure")
     GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
-              "membership_total", "membership_healthy")
+              "membership_total", "membership_healthy", "membership_degraded")
     __slots__ = COUNTERS + GAUGES + ("codes",)
     PROM_PREFIX = "envoy_cluster_"
     DOTTED_PREFIX = "cluster."

@@ -19,9 +19,10 @@ from sidecar.codec.events import Body, EndOfMessage, ParseError, RequestHead
 from sidecar.codec.http1 import (LAST_CHUNK, MISSING_HOST, REASONS, encode_chunk, encode_last_chunk,
                                  serialize_response_head)
 from sidecar.http import local_reply
+from sidecar.http.access_log import render
 from sidecar.http.dates import http_date
 from sidecar.http.local_reply import LocalReply
-from sidecar.http.message import BodyReset, BodyStream, Request, Response
+from sidecar.http.message import BodyReset, BodyStream, Request, Response, StreamInfo
 from sidecar.netinfo import is_loopback, local_address
 from sidecar.stats import count_downstream_response
 from sidecar.timers import LazyDeadline
@@ -292,14 +293,26 @@ class HttpConnection(asyncio.Protocol):
                 log.exception("bug: unhandled error answering %s %s", request.method, request.path)
                 response = self._local_response(request, LocalReply(500, b"", "", "internal_error"))
             keep_open = await self._write(request, response)
+            if ctx.access_logs:
+                self._log(request, response.status, response.headers)
         except asyncio.CancelledError:
             info.set_flag("DC")
             stats.downstream_rq_rx_reset += 1
+            if ctx.access_logs:
+                self._log(request, 0, [])     # Envoy logs code 0 for a request it never answered
             raise
         finally:
             stats.downstream_rq_active -= 1
         count_downstream_response(stats, response.status)
         return keep_open
+
+    def _log(self, request: Request, status: int, headers: list[tuple[str, str]]) -> None:
+        info = request.info
+        body = request.body
+        info.bytes_received = body.received if isinstance(body, BodyStream) else 0
+        duration = self.ctx.loop.time() - info.start_time
+        for log_file, tokens in self.ctx.access_logs:
+            log_file.write(render(tokens, request, status, headers, duration))
 
     def _local_response(self, request: Request, reply: LocalReply) -> Response:
         if reply.flag:
@@ -348,10 +361,12 @@ class HttpConnection(asyncio.Protocol):
         ok = True
         if type(body) is bytes or body is None:
             transport.write(head + body if body and not bodyless else head)  # type: ignore[union-attr]
-            self.stats.downstream_cx_tx_bytes_total += len(head) + (len(body) if body else 0)
+            sent = len(body) if body and not bodyless else 0
+            request.info.bytes_sent = sent
+            self.stats.downstream_cx_tx_bytes_total += len(head) + sent
         else:
             transport.write(head)  # type: ignore[union-attr]
-            ok = await self._stream(body, chunked, bodyless)
+            ok = await self._stream(body, chunked, bodyless, request.info)
             if not ok:
                 keep_open = False
         if response.on_complete is not None:
@@ -360,7 +375,7 @@ class HttpConnection(asyncio.Protocol):
             return False
         return keep_open and not self.closing
 
-    async def _stream(self, body: BodyStream, chunked: bool, bodyless: bool) -> bool:
+    async def _stream(self, body: BodyStream, chunked: bool, bodyless: bool, info: StreamInfo) -> bool:
         """Copy a streamed body downstream with backpressure; False if it broke off midway."""
         transport = self.transport
         stats = self.stats
@@ -369,6 +384,7 @@ class HttpConnection(asyncio.Protocol):
                 if bodyless:
                     continue
                 stats.downstream_cx_tx_bytes_total += len(chunk)
+                info.bytes_sent += len(chunk)
                 transport.write(encode_chunk(chunk) if chunked else chunk)  # type: ignore[union-attr]
                 if self.write_paused:
                     self.drain_waiter = asyncio.get_running_loop().create_future()

@@ -14,13 +14,15 @@ from typing import Any
 from config import model
 from filters.api import FilterContext, Handler
 from filters.registry import http_filter_factory
+from sidecar.http.access_log import AccessLogs
 from sidecar.http.route_table import RouteTable
 from sidecar.stats import HttpStats
 
 
 class HcmContext:
     def __init__(self, config: model.HttpConnectionManager, cluster_manager: Any,
-                 stats: HttpStats, request_parser: type, buffer_limit: int) -> None:
+                 stats: HttpStats, request_parser: type, buffer_limit: int,
+                 access_logs: AccessLogs | None = None) -> None:
         self.config = config
         self.stats = stats
         self.loop = asyncio.get_running_loop()
@@ -32,6 +34,8 @@ class HcmContext:
         max_count = config.max_headers_count
         self.new_request_parser: Callable[[], Any] = lambda: request_parser(max_bytes, max_count)
         self.handler = build_chain(config, FilterContext(cluster_manager, stats, config))
+        # (open file, parsed format) per access_log entry; empty means no logging work at all.
+        self.access_logs = [access_logs.open(a) for a in config.access_logs] if access_logs else []
 
     def drain(self) -> None:
         self.draining = True

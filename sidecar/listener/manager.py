@@ -9,6 +9,7 @@ from typing import Any
 
 from config import model
 from filters.network.tcp_proxy.proxy import TcpProxyContext, TcpProxyDownstream
+from sidecar.http.access_log import AccessLogs
 from sidecar.http.connection import HttpConnection
 from sidecar.http.context import HcmContext
 from sidecar.stats import ListenerStats, StatsStore
@@ -72,18 +73,20 @@ class ActiveListener:
 
 
 class ListenerManager:
-    def __init__(self, stats: StatsStore, cluster_manager: Any, request_parser: type) -> None:
+    def __init__(self, stats: StatsStore, cluster_manager: Any, request_parser: type,
+                 access_logs: AccessLogs | None = None) -> None:
         self.stats = stats
         self.cluster_manager = cluster_manager
         self.request_parser = request_parser
         self.listeners: dict[str, ActiveListener] = {}
+        self.access_logs = access_logs or AccessLogs()
 
     def make_context(self, config: model.Listener) -> HcmContext | TcpProxyContext:
         nf = config.filter_chain.filter
         limit = config.per_connection_buffer_limit_bytes
         if isinstance(nf, model.HttpConnectionManager):
             return HcmContext(nf, self.cluster_manager, self.stats.http_scope(nf.stat_prefix),
-                              self.request_parser, limit)
+                              self.request_parser, limit, self.access_logs)
         return TcpProxyContext(nf, self.cluster_manager, self.stats.tcp_scope(nf.stat_prefix), limit)
 
     async def add(self, config: model.Listener) -> ActiveListener:

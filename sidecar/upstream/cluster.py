@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import random
 import socket
 from collections.abc import Callable
 from typing import Any
@@ -32,6 +33,8 @@ class ClusterRuntime:
         self.parser_factory = parser_factory
         self.hosts: list[Host] = []
         self.lb: LoadBalancer = build_lb(config.lb_policy, [])
+        self.degraded_lb: LoadBalancer | None = None
+        self.healthy_share = 1.0          # the rest goes to degraded hosts
         self.pools: dict[tuple[str, int], Http1Pool] = {}
         self.task: asyncio.Task[None] | None = None
         self.initialized = asyncio.Event()
@@ -61,17 +64,45 @@ class ClusterRuntime:
                 pool.close()
         self.pools = pools
         self.hosts = hosts
-        healthy = [h for h in hosts if h.healthy]
-        # Envoy uses only the highest-priority level that has healthy hosts.
-        if healthy:
-            top = min(h.priority for h in healthy)
-            healthy = [h for h in healthy if h.priority == top]
-        self.lb = build_lb(self.config.lb_policy, healthy, self.config.least_request_choice_count)
         self.stats.membership_total = len(hosts)
-        self.stats.membership_healthy = len(healthy)
+        self.stats.membership_healthy = sum(1 for h in hosts if h.healthy)
+        self.stats.membership_degraded = sum(1 for h in hosts if h.degraded)
+        self._build_lbs(hosts)
         self.initialized.set()
 
+    def _build_lbs(self, hosts: list[Host]) -> None:
+        """Envoy's health-aware load split for one priority level.
+
+        With the overprovisioning factor 1.4, healthy hosts take
+        min(100%, 1.4 x healthy share) of the traffic and degraded hosts the
+        rest; when healthy + degraded fall below healthy_panic_threshold
+        (default 50%), Envoy gives up on health and balances over every host.
+        Priorities beyond the best level with usable hosts come later (issue 4):
+        only that level is used.
+        """
+        policy, choices = self.config.lb_policy, self.config.least_request_choice_count
+        usable = [h for h in hosts if h.healthy or h.degraded]
+        top = min((h.priority for h in usable), default=min((h.priority for h in hosts), default=0))
+        level = [h for h in hosts if h.priority == top]
+        healthy = [h for h in level if h.healthy]
+        degraded = [h for h in level if h.degraded]
+        total = len(level)
+        healthy_pct = min(100.0, 140.0 * len(healthy) / total) if total else 0.0
+        degraded_pct = min(100.0 - healthy_pct, 140.0 * len(degraded) / total) if total else 0.0
+        self.degraded_lb = None
+        self.healthy_share = 1.0
+        if total and healthy_pct + degraded_pct < self.config.healthy_panic_threshold:
+            self.lb = build_lb(policy, level, choices)          # panic: every host
+        elif degraded_pct > 0 and healthy:
+            self.lb = build_lb(policy, healthy, choices)
+            self.degraded_lb = build_lb(policy, degraded, choices)
+            self.healthy_share = healthy_pct / (healthy_pct + degraded_pct)
+        else:
+            self.lb = build_lb(policy, healthy or degraded, choices)
+
     def choose_host(self) -> Host | None:
+        if self.degraded_lb is not None and random.random() >= self.healthy_share:
+            return self.degraded_lb.pick()
         return self.lb.pick()
 
     # --- STRICT_DNS ---------------------------------------------------------------

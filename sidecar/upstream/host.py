@@ -27,8 +27,12 @@ class Host:
 
     @property
     def healthy(self) -> bool:
-        """Envoy routes to UNKNOWN, HEALTHY and DEGRADED hosts only."""
-        return self.health_status in ("UNKNOWN", "HEALTHY", "DEGRADED")
+        """UNKNOWN and HEALTHY hosts take traffic first; DEGRADED ones only the spill-over."""
+        return self.health_status in ("UNKNOWN", "HEALTHY")
+
+    @property
+    def degraded(self) -> bool:
+        return self.health_status == "DEGRADED"
 
     def __repr__(self) -> str:
         return f"Host({self.label} w={self.weight} {self.health_status} active={self.active_requests})"

@@ -36,6 +36,10 @@ class RoundRobin(LoadBalancer):
         self.weighted = len({h.weight for h in hosts}) > 1
         self.current = [0] * len(hosts)
         self.total = sum(h.weight for h in hosts)
+        if self.weighted:
+            # Start somewhere random in the weighted cycle, as Envoy's EDF scheduler does.
+            for _ in range((rng or random).randrange(min(self.total, 1000))):
+                self.pick()
 
     def pick(self) -> Host | None:
         hosts = self.hosts

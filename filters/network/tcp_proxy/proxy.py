@@ -60,9 +60,6 @@ class _Side(asyncio.Protocol):
         self.eof_pending = False     # FIN to send once our write buffer drains
         self.closed = False
 
-    def send(self, data: bytes) -> None:
-        self.transport.write(data)  # type: ignore[union-attr]
-
     def half_close(self) -> None:
         """Forward the other side's FIN once everything before it is written."""
         if self.closed or self.write_eof:
@@ -88,13 +85,6 @@ class _Side(asyncio.Protocol):
             if not self.peer.read_eof:
                 self.peer.transport.resume_reading()
 
-    def data_received(self, data: bytes) -> None:
-        self.owner.touch()
-        self.count(len(data))
-        peer = self.peer
-        if peer is not None and not peer.closed:
-            peer.send(data)
-
     def eof_received(self) -> bool:
         self.read_eof = True
         if self.peer is not None:
@@ -104,9 +94,6 @@ class _Side(asyncio.Protocol):
 
     @property
     def owner(self) -> TcpProxyDownstream:
-        raise NotImplementedError
-
-    def count(self, n: int) -> None:
         raise NotImplementedError
 
 
@@ -120,9 +107,16 @@ class TcpProxyUpstream(_Side):
     def owner(self) -> TcpProxyDownstream:
         return self.downstream
 
-    def count(self, n: int) -> None:
-        self.downstream.cluster_stats.upstream_cx_rx_bytes_total += n
-        self.downstream.ctx.stats.downstream_cx_tx_bytes_total += n
+    def data_received(self, data: bytes) -> None:
+        # The hot path of tcp_proxy: count, note activity, forward.
+        down = self.downstream
+        n = len(data)
+        down.cluster_stats.upstream_cx_rx_bytes_total += n
+        down.tcp_stats.downstream_cx_tx_bytes_total += n
+        if down.idle_timeout is not None:
+            down.idle.set(down.loop_time() + down.idle_timeout)
+        if not down.closed:
+            down.transport.write(data)  # type: ignore[union-attr]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -143,6 +137,9 @@ class TcpProxyDownstream(_Side):
         self.cluster_stats: Any = None
         self.connect_task: asyncio.Task[None] | None = None
         self.idle = LazyDeadline(ctx.loop, self._idle_timeout)
+        self.idle_timeout = ctx.config.idle_timeout
+        self.loop_time = ctx.loop.time
+        self.tcp_stats = ctx.stats
         # Bytes that arrived before the upstream connected: uvloop may deliver the
         # first read even though connection_made paused reading.  At most a read's worth.
         self.early: list[bytes] = []
@@ -156,11 +153,17 @@ class TcpProxyDownstream(_Side):
             self.early.append(data)
             self.transport.pause_reading()  # type: ignore[union-attr]
             return
-        super().data_received(data)
+        self.forward(data)
 
-    def count(self, n: int) -> None:
-        self.ctx.stats.downstream_cx_rx_bytes_total += n
+    def forward(self, data: bytes) -> None:
+        n = len(data)
+        self.tcp_stats.downstream_cx_rx_bytes_total += n
         self.cluster_stats.upstream_cx_tx_bytes_total += n
+        if self.idle_timeout is not None:
+            self.idle.set(self.loop_time() + self.idle_timeout)
+        up = self.upstream
+        if not up.closed:  # type: ignore[union-attr]
+            up.transport.write(data)  # type: ignore[union-attr]
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
@@ -203,8 +206,7 @@ class TcpProxyDownstream(_Side):
         self.upstream = upstream
         self.peer = upstream
         for data in self.early:
-            self.count(len(data))
-            upstream.send(data)
+            self.forward(data)
         self.early.clear()
         if self.read_eof:
             upstream.half_close()
@@ -227,9 +229,8 @@ class TcpProxyDownstream(_Side):
             self.close()
 
     def touch(self) -> None:
-        timeout = self.ctx.config.idle_timeout
-        if timeout is not None:
-            self.idle.set(self.ctx.loop.time() + timeout)
+        if self.idle_timeout is not None:
+            self.idle.set(self.loop_time() + self.idle_timeout)
 
     def _idle_timeout(self) -> None:
         if not self.closed:

@@ -1,4 +1,7 @@
-"""Envoy protobuf -> frozen model: the only module that reads protobuf messages.
+"""Envoy protobuf -> frozen model: the bootstrap, listeners and network filters.
+
+With translate_routes.py and translate_clusters.py, the only modules that read
+protobuf messages.
 
 Every message is checked against the fields we implement: a field that is set
 but not supported is an error naming its path (never silently ignored).  All
@@ -8,7 +11,7 @@ errors in a config are collected, so ``--mode validate`` can list them at once.
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Iterable
+from collections.abc import Iterable
 from typing import Any
 
 from google.protobuf import json_format
@@ -16,89 +19,22 @@ from google.protobuf.message import Message
 
 from config import model
 from config.access_format import DEFAULT_FORMAT, parse_format
-from config.bootstrap import ensure_type_imported
 from config.errors import ConfigError, ConfigErrors
-from config.matchers import StringMatcher, compile_regex
+from config.translate_base import FilterParserLookup, each, optional_timeout, seconds, wrapped
+from config.translate_clusters import ClusterTranslator
+from config.translate_routes import RouteTranslator, route_cluster_names
 
 log = logging.getLogger(__name__)
 
 HCM_TYPE = ("type.googleapis.com/envoy.extensions.filters.network."
             "http_connection_manager.v3.HttpConnectionManager")
 TCP_PROXY_TYPE = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.TcpProxy"
-HTTP_PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
-HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 FILE_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
 STDOUT_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StdoutAccessLog"
 STDERR_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
 
-# Looks up an HTTP filter by Envoy name / type URL; returns its parse(message, path)
-# or None when we don't implement it.  Injected so config/ imports nothing of ours.
-FilterParserLookup = Callable[[str, str], Callable[[Message, str], Any] | None]
 
-REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
-
-
-def seconds(duration: Message) -> float:
-    return duration.seconds + duration.nanos / 1e9
-
-
-def optional_timeout(msg: Message, field: str, default: float | None) -> float | None:
-    """A Duration field where unset means ``default`` and 0 means disabled (Envoy's rule)."""
-    if not msg.HasField(field):
-        return default
-    value = seconds(getattr(msg, field))
-    return value if value > 0 else None
-
-
-def each(items: Iterable[Any], path: str, translate: Callable[[Any, str], Any]) -> list[Any]:
-    """Translate every item of a repeated field; items that failed (None) are left out."""
-    out = []
-    for i, item in enumerate(items):
-        result = translate(item, f"{path}[{i}]")
-        if result is not None:
-            out.append(result)
-    return out
-
-
-def wrapped(msg: Message, field: str, default: Any) -> Any:
-    """Read a google.protobuf.*Value wrapper field."""
-    return getattr(msg, field).value if msg.HasField(field) else default
-
-
-class Translator:
-    """Collects errors while walking the config; ``errors`` holds them all."""
-
-    def __init__(self, lookup_http_filter: FilterParserLookup) -> None:
-        self.lookup_http_filter = lookup_http_filter
-        self.errors: list[ConfigError] = []
-        self.warnings: list[str] = []
-
-    def error(self, path: str, message: str) -> None:
-        self.errors.append(ConfigError(path, message))
-
-    def only(self, msg: Message, path: str, supported: Iterable[str]) -> None:
-        """Reject every set field of ``msg`` that is not in ``supported``."""
-        allowed = set(supported)
-        for fd, _ in msg.ListFields():
-            if fd.name not in allowed:
-                self.error(f"{path}.{fd.name}" if path else fd.name,
-                           "not supported by sidecar yet (see docs/compatibility.md)")
-
-    def unpack(self, any_msg: Message, path: str) -> Message | None:
-        """Unpack a google.protobuf.Any into its concrete message."""
-        try:
-            ensure_type_imported(any_msg.type_url, f"{path}.@type")
-        except ConfigError as e:
-            self.errors.append(e)
-            return None
-        from google.protobuf import symbol_database
-        cls = symbol_database.Default().GetSymbol(any_msg.type_url.rsplit("/", 1)[-1])
-        message = cls()
-        if not any_msg.Unpack(message):
-            self.error(path, f"cannot unpack {any_msg.type_url}")
-            return None
-        return message
-
+class Translator(RouteTranslator, ClusterTranslator):
     # --- bootstrap ----------------------------------------------------------------
 
     def bootstrap(self, bs: Message) -> model.Snapshot | None:
@@ -339,256 +275,6 @@ class Translator:
             suppress = bool(getattr(out[-1].config, "suppress_envoy_headers", False))
         return tuple(out), suppress
 
-    # --- routes -------------------------------------------------------------------
-
-    def route_config(self, rc: Message, path: str) -> model.RouteConfig | None:
-        self.only(rc, path, ("name", "virtual_hosts", "request_headers_to_add",
-                             "request_headers_to_remove", "response_headers_to_add",
-                             "response_headers_to_remove", "validate_clusters"))
-        vhosts = each(rc.virtual_hosts, f"{path}.virtual_hosts", self.virtual_host)
-        seen: dict[str, str] = {}
-        for vh in vhosts:
-            for domain in vh.domains:
-                key = domain.lower()
-                if key in seen:
-                    self.error(f"{path}.virtual_hosts", f"only unique values for domains are "
-                               f"permitted; duplicate entry of domain {domain}")
-                seen[key] = vh.name
-        return model.RouteConfig(
-            name=rc.name, virtual_hosts=tuple(vhosts),
-            request_headers=self.header_mutations(rc, path, "request"),
-            response_headers=self.header_mutations(rc, path, "response"))
-
-    def virtual_host(self, vh: Message, path: str) -> model.VirtualHost | None:
-        self.only(vh, path, ("name", "domains", "routes", "request_headers_to_add",
-                             "request_headers_to_remove", "response_headers_to_add",
-                             "response_headers_to_remove", "metadata"))
-        if not vh.name:
-            self.error(f"{path}.name", "value length must be at least 1 characters")
-        if not vh.domains:
-            self.error(f"{path}.domains", "value must contain at least 1 item(s)")
-        for i, d in enumerate(vh.domains):
-            if d != "*" and d.count("*") > 1 or ("*" in d and not (d.startswith("*") or d.endswith("*"))):
-                self.error(f"{path}.domains[{i}]", f"invalid wildcard domain {d!r}")
-        routes = each(vh.routes, f"{path}.routes", self.route)
-        return model.VirtualHost(
-            name=vh.name, domains=tuple(vh.domains), routes=tuple(routes),
-            request_headers=self.header_mutations(vh, path, "request"),
-            response_headers=self.header_mutations(vh, path, "response"))
-
-    def route(self, r: Message, path: str) -> model.Route | None:
-        self.only(r, path, ("name", "match", "route", "redirect", "direct_response",
-                            "request_headers_to_add", "request_headers_to_remove",
-                            "response_headers_to_add", "response_headers_to_remove",
-                            "metadata", "decorator"))
-        match = self.route_match(r.match, f"{path}.match")
-        which = r.WhichOneof("action")
-        action: model.Action | None
-        if which == "route":
-            action = self.route_action(r.route, f"{path}.route")
-        elif which == "redirect":
-            action = self.redirect_action(r.redirect, f"{path}.redirect")
-        elif which == "direct_response":
-            action = self.direct_response(r.direct_response, f"{path}.direct_response")
-        else:
-            self.error(path, "one of route, redirect or direct_response is required")
-            return None
-        if match is None or action is None:
-            return None
-        return model.Route(match=match, action=action, name=r.name,
-                           request_headers=self.header_mutations(r, path, "request"),
-                           response_headers=self.header_mutations(r, path, "response"))
-
-    def route_match(self, m: Message, path: str) -> model.RouteMatch | None:
-        self.only(m, path, ("prefix", "path", "safe_regex", "path_separated_prefix",
-                            "case_sensitive", "headers", "query_parameters"))
-        kind = m.WhichOneof("path_specifier")
-        headers = tuple(each(m.headers, f"{path}.headers", self.header_matcher))
-        queries = tuple(each(m.query_parameters, f"{path}.query_parameters", self.query_matcher))
-        case_sensitive = wrapped(m, "case_sensitive", True)
-        if kind in ("prefix", "path"):
-            value = getattr(m, kind)
-            return model.RouteMatch(kind, value if case_sensitive else value.lower(),
-                                    case_sensitive, None, headers, queries)
-        if kind == "path_separated_prefix":
-            value = m.path_separated_prefix
-            if not value.startswith("/") or value.endswith("/") or "?" in value or "#" in value:
-                self.error(f"{path}.path_separated_prefix",
-                           "must start with '/', not end with '/', and hold no '?' or '#'")
-            return model.RouteMatch(kind, value if case_sensitive else value.lower(),
-                                    case_sensitive, None, headers, queries)
-        if kind == "safe_regex":
-            regex = self.regex(m.safe_regex, f"{path}.safe_regex")
-            if regex is None:
-                return None
-            return model.RouteMatch(kind, m.safe_regex.regex, case_sensitive, regex,
-                                    headers, queries)
-        self.error(path, "one of prefix, path, safe_regex or path_separated_prefix is required")
-        return None
-
-    def regex(self, rm: Message, path: str) -> Any:
-        self.only(rm, path, ("regex", "google_re2"))
-        try:
-            return compile_regex(rm.regex)
-        except Exception as e:  # re2.error has no stable public name across releases
-            self.error(f"{path}.regex", f"invalid RE2 regex {rm.regex!r}: {e}")
-            return None
-
-    def string_matcher(self, sm: Message, path: str) -> StringMatcher | None:
-        self.only(sm, path, ("exact", "prefix", "suffix", "contains", "safe_regex", "ignore_case"))
-        kind = sm.WhichOneof("match_pattern")
-        if kind == "safe_regex":
-            regex = self.regex(sm.safe_regex, f"{path}.safe_regex")
-            return StringMatcher("regex", sm.safe_regex.regex, False, regex) if regex else None
-        if kind is None:
-            self.error(path, "one of exact, prefix, suffix, contains or safe_regex is required")
-            return None
-        value = getattr(sm, kind)
-        if kind in ("prefix", "suffix", "contains") and not value:
-            self.error(f"{path}.{kind}", "value length must be at least 1 characters")
-        return StringMatcher(kind, value.lower() if sm.ignore_case else value, sm.ignore_case)
-
-    def header_matcher(self, h: Message, path: str) -> model.HeaderMatcher | None:
-        self.only(h, path, ("name", "exact_match", "safe_regex_match", "range_match",
-                            "present_match", "prefix_match", "suffix_match", "contains_match",
-                            "string_match", "invert_match", "treat_missing_header_as_empty"))
-        name = h.name.lower()
-        kind = h.WhichOneof("header_match_specifier")
-        common = dict(invert=h.invert_match, treat_missing_as_empty=h.treat_missing_header_as_empty)
-        if kind is None:
-            # No specifier: Envoy treats it as "header is present".
-            return model.HeaderMatcher(name, present=True, **common)
-        if kind == "present_match":
-            return model.HeaderMatcher(name, present=h.present_match, **common)
-        if kind == "range_match":
-            return model.HeaderMatcher(name, range=(h.range_match.start, h.range_match.end), **common)
-        if kind == "string_match":
-            sm = self.string_matcher(h.string_match, f"{path}.string_match")
-            return model.HeaderMatcher(name, string=sm, **common) if sm else None
-        if kind == "safe_regex_match":
-            regex = self.regex(h.safe_regex_match, f"{path}.safe_regex_match")
-            if regex is None:
-                return None
-            return model.HeaderMatcher(
-                name, string=StringMatcher("regex", h.safe_regex_match.regex, False, regex), **common)
-        legacy = {"exact_match": "exact", "prefix_match": "prefix", "suffix_match": "suffix",
-                  "contains_match": "contains"}[kind]
-        return model.HeaderMatcher(name, string=StringMatcher(legacy, getattr(h, kind)), **common)
-
-    def query_matcher(self, q: Message, path: str) -> model.QueryParameterMatcher | None:
-        self.only(q, path, ("name", "string_match", "present_match"))
-        if q.HasField("string_match"):
-            sm = self.string_matcher(q.string_match, f"{path}.string_match")
-            return model.QueryParameterMatcher(q.name, string=sm) if sm else None
-        return model.QueryParameterMatcher(q.name, present=True)
-
-    def route_action(self, a: Message, path: str) -> model.RouteAction | None:
-        self.only(a, path, ("cluster", "cluster_header", "weighted_clusters",
-                            "cluster_not_found_response_code", "prefix_rewrite", "regex_rewrite",
-                            "host_rewrite_literal", "auto_host_rewrite", "timeout"))
-        spec = a.WhichOneof("cluster_specifier")
-        if spec not in ("cluster", "cluster_header", "weighted_clusters"):
-            self.error(path, "one of cluster, cluster_header or weighted_clusters is required")
-            return None
-        if a.prefix_rewrite and a.HasField("regex_rewrite"):
-            self.error(path, "only one of prefix_rewrite and regex_rewrite may be set")
-        entries: list[model.WeightedClusterEntry] = []
-        total = 0
-        if spec == "weighted_clusters":
-            wc, wpath = a.weighted_clusters, f"{path}.weighted_clusters"
-            self.only(wc, wpath, ("clusters", "total_weight"))
-            for i, c in enumerate(wc.clusters):
-                cp = f"{wpath}.clusters[{i}]"
-                self.only(c, cp, ("name", "weight", "request_headers_to_add",
-                                  "request_headers_to_remove", "response_headers_to_add",
-                                  "response_headers_to_remove", "host_rewrite_literal"))
-                if not c.name:
-                    self.error(f"{cp}.name", "value length must be at least 1 characters")
-                entries.append(model.WeightedClusterEntry(
-                    name=c.name, weight=wrapped(c, "weight", 0),
-                    request_headers=self.header_mutations(c, cp, "request"),
-                    response_headers=self.header_mutations(c, cp, "response"),
-                    host_rewrite_literal=c.host_rewrite_literal or None))
-            total = sum(e.weight for e in entries)
-            if wc.HasField("total_weight") and wc.total_weight.value != total:
-                self.error(f"{wpath}.total_weight", f"sum of weights ({total}) must equal "
-                           f"total_weight ({wc.total_weight.value})")
-            if not entries or total == 0:
-                self.error(f"{wpath}.clusters", "at least one cluster with a non-zero weight")
-        return model.RouteAction(
-            cluster=a.cluster or None, cluster_header=a.cluster_header.lower() or None,
-            weighted_clusters=tuple(entries), total_weight=total,
-            cluster_not_found_response_code={0: 503, 1: 404, 2: 500}.get(
-                a.cluster_not_found_response_code, 503),
-            prefix_rewrite=a.prefix_rewrite or None,
-            regex_rewrite=self.regex_rewrite(a, path),
-            host_rewrite_literal=a.host_rewrite_literal or None,
-            auto_host_rewrite=wrapped(a, "auto_host_rewrite", False),
-            timeout=optional_timeout(a, "timeout", 15.0))
-
-    def regex_rewrite(self, a: Message, path: str) -> model.RegexRewrite | None:
-        if not a.HasField("regex_rewrite"):
-            return None
-        rr = a.regex_rewrite
-        self.only(rr, f"{path}.regex_rewrite", ("pattern", "substitution"))
-        regex = self.regex(rr.pattern, f"{path}.regex_rewrite.pattern")
-        return model.RegexRewrite(regex, rr.substitution) if regex else None
-
-    def redirect_action(self, r: Message, path: str) -> model.RedirectAction:
-        scheme = "https" if r.https_redirect else (r.scheme_redirect or None)
-        path_kind = r.WhichOneof("path_rewrite_specifier")
-        return model.RedirectAction(
-            scheme=scheme, host=r.host_redirect or None, port=r.port_redirect or None,
-            path=r.path_redirect if path_kind == "path_redirect" else None,
-            prefix_rewrite=r.prefix_rewrite if path_kind == "prefix_rewrite" else None,
-            regex_rewrite=self.regex_rewrite(r, path) if path_kind == "regex_rewrite" else None,
-            response_code=REDIRECT_CODES[r.response_code], strip_query=r.strip_query)
-
-    def direct_response(self, d: Message, path: str) -> model.DirectResponseAction | None:
-        self.only(d, path, ("status", "body"))
-        if not 200 <= d.status < 600:
-            self.error(f"{path}.status", "value must be inside range [200, 600)")
-        body = self.data_source(d.body, f"{path}.body") if d.HasField("body") else None
-        return model.DirectResponseAction(d.status, body)
-
-    def data_source(self, ds: Message, path: str) -> bytes | None:
-        self.only(ds, path, ("filename", "inline_bytes", "inline_string"))
-        kind = ds.WhichOneof("specifier")
-        if kind == "inline_string":
-            return ds.inline_string.encode()
-        if kind == "inline_bytes":
-            return ds.inline_bytes
-        if kind == "filename":
-            try:
-                with open(ds.filename, "rb") as f:
-                    return f.read()
-            except OSError as e:
-                self.error(f"{path}.filename", f"cannot read {ds.filename}: {e.strerror}")
-        return None
-
-    def header_mutations(self, msg: Message, path: str, which: str) -> model.HeaderMutations | None:
-        add_field, remove_field = f"{which}_headers_to_add", f"{which}_headers_to_remove"
-        adds = []
-        for i, hv in enumerate(getattr(msg, add_field)):
-            p = f"{path}.{add_field}[{i}]"
-            self.only(hv, p, ("header", "append", "append_action", "keep_empty_value"))
-            self.only(hv.header, f"{p}.header", ("key", "value", "raw_value"))
-            key = hv.header.key.lower()
-            if not key:
-                self.error(f"{p}.header.key", "value length must be at least 1 characters")
-            if key.startswith(":") or key == "host":
-                self.error(f"{p}.header.key", f"{key} may not be modified")
-            action = {0: "APPEND_IF_EXISTS_OR_ADD", 1: "ADD_IF_ABSENT",
-                      2: "OVERWRITE_IF_EXISTS_OR_ADD", 3: "OVERWRITE_IF_EXISTS"}[hv.append_action]
-            if hv.HasField("append"):   # deprecated BoolValue: false means overwrite
-                action = "APPEND_IF_EXISTS_OR_ADD" if hv.append.value else "OVERWRITE_IF_EXISTS_OR_ADD"
-            value = hv.header.value or hv.header.raw_value.decode("latin-1")
-            if "%" in value:
-                self.error(f"{p}.header.value", "header formatters (%...%) are not supported yet")
-            adds.append(model.HeaderValueOption(key, value, action, hv.keep_empty_value))
-        removes = tuple(h.lower() for h in getattr(msg, remove_field))
-        return model.HeaderMutations(tuple(adds), removes) if adds or removes else None
-
     def validate_route_clusters(self, listeners: Any, cluster_names: set[str]) -> None:
         """Envoy's validate_clusters (default true for inline route tables)."""
         for li, lst in enumerate(listeners):
@@ -606,136 +292,11 @@ class Translator:
                         hcm = self.unpack(f.typed_config, path)
                         if hcm is None or not wrapped(hcm.route_config, "validate_clusters", True):
                             continue
-                        for name in _route_cluster_names(hcm.route_config):
+                        for name in route_cluster_names(hcm.route_config):
                             if name not in cluster_names:
                                 self.error(f"{path}.typed_config.route_config",
                                            f"route: unknown cluster '{name}'")
 
-    # --- clusters -----------------------------------------------------------------
-
-    def cluster(self, c: Message, path: str) -> model.Cluster | None:
-        self.only(c, path, ("name", "type", "connect_timeout", "lb_policy", "load_assignment",
-                            "dns_refresh_rate", "dns_lookup_family", "respect_dns_ttl",
-                            "per_connection_buffer_limit_bytes", "common_http_protocol_options",
-                            "typed_extension_protocol_options", "max_requests_per_connection",
-                            "least_request_lb_config", "metadata", "alt_stat_name",
-                            "common_lb_config"))
-        if not c.name:
-            self.error(f"{path}.name", "value length must be at least 1 characters")
-        ctype = {0: "STATIC", 1: "STRICT_DNS"}.get(c.type)
-        if c.WhichOneof("cluster_discovery_type") == "cluster_type" or ctype is None:
-            self.error(f"{path}.type", "only STATIC and STRICT_DNS clusters are supported yet")
-            return None
-        lb = {0: "ROUND_ROBIN", 1: "LEAST_REQUEST", 3: "RANDOM"}.get(c.lb_policy)
-        if lb is None:
-            self.error(f"{path}.lb_policy", "only ROUND_ROBIN, LEAST_REQUEST and RANDOM are "
-                       "supported yet")
-            lb = "ROUND_ROBIN"
-        choice_count = 2
-        if c.HasField("least_request_lb_config"):
-            lrc = c.least_request_lb_config
-            self.only(lrc, f"{path}.least_request_lb_config", ("choice_count",))
-            choice_count = wrapped(lrc, "choice_count", 2)
-        panic = 50.0
-        if c.HasField("common_lb_config"):
-            clc = c.common_lb_config
-            self.only(clc, f"{path}.common_lb_config", ("healthy_panic_threshold",))
-            if clc.HasField("healthy_panic_threshold"):
-                panic = clc.healthy_panic_threshold.value
-                if not 0 <= panic <= 100:
-                    self.error(f"{path}.common_lb_config.healthy_panic_threshold",
-                               "value must be inside range [0, 100]")
-        idle, max_requests = self.upstream_http_options(c, path)
-        endpoints = self.load_assignment(c, f"{path}.load_assignment", ctype)
-        family = {0: "AUTO", 1: "V4_ONLY", 2: "V6_ONLY", 3: "V4_PREFERRED", 4: "ALL"}[
-            c.dns_lookup_family]
-        return model.Cluster(
-            name=c.name, type=ctype, endpoints=endpoints, lb_policy=lb,
-            least_request_choice_count=choice_count,
-            connect_timeout=seconds(c.connect_timeout) if c.HasField("connect_timeout") else 5.0,
-            per_connection_buffer_limit_bytes=wrapped(
-                c, "per_connection_buffer_limit_bytes", 1024 * 1024),
-            idle_timeout=idle, max_requests_per_connection=max_requests,
-            dns_refresh_rate=(seconds(c.dns_refresh_rate)
-                              if c.HasField("dns_refresh_rate") else 5.0),
-            dns_lookup_family=family, healthy_panic_threshold=panic)
-
-    def upstream_http_options(self, c: Message, path: str) -> tuple[float | None, int]:
-        """Idle timeout and max requests per pooled connection, from either place Envoy reads them."""
-        common = c.common_http_protocol_options
-        common_path = f"{path}.common_http_protocol_options"
-        for key, any_msg in c.typed_extension_protocol_options.items():
-            p = f"{path}.typed_extension_protocol_options[{key}]"
-            if key != HTTP_PROTOCOL_OPTIONS_KEY or any_msg.type_url != HTTP_PROTOCOL_OPTIONS_TYPE:
-                self.error(p, f"protocol options {key!r} are not supported")
-                continue
-            opts = self.unpack(any_msg, p)
-            if opts is None:
-                continue
-            self.only(opts, p, ("common_http_protocol_options", "explicit_http_config"))
-            if opts.HasField("explicit_http_config"):
-                which = opts.explicit_http_config.WhichOneof("protocol_config")
-                if which != "http_protocol_options":
-                    self.error(f"{p}.explicit_http_config", "only HTTP/1.1 upstreams are "
-                               "supported yet")
-                self.only(opts.explicit_http_config.http_protocol_options,
-                          f"{p}.explicit_http_config.http_protocol_options", ())
-            if opts.HasField("common_http_protocol_options"):
-                common, common_path = opts.common_http_protocol_options, f"{p}.common_http_protocol_options"
-        self.only(common, common_path, ("idle_timeout", "max_requests_per_connection"))
-        max_requests = wrapped(common, "max_requests_per_connection",
-                               wrapped(c, "max_requests_per_connection", 0))
-        return optional_timeout(common, "idle_timeout", 3600.0), max_requests
-
-    def load_assignment(self, c: Message, path: str, ctype: str) -> tuple[model.Endpoint, ...]:
-        la = c.load_assignment
-        self.only(la, path, ("cluster_name", "endpoints"))
-        out: list[model.Endpoint] = []
-        for i, lle in enumerate(la.endpoints):
-            lp = f"{path}.endpoints[{i}]"
-            self.only(lle, lp, ("locality", "lb_endpoints", "load_balancing_weight", "priority"))
-            for j, lbe in enumerate(lle.lb_endpoints):
-                ep = f"{lp}.lb_endpoints[{j}]"
-                self.only(lbe, ep, ("endpoint", "health_status", "load_balancing_weight", "metadata"))
-                self.only(lbe.endpoint, f"{ep}.endpoint", ("address", "hostname", "health_check_config"))
-                address = self.socket_address(lbe.endpoint.address, f"{ep}.endpoint.address")
-                if address is None:
-                    continue
-                weight = wrapped(lbe, "load_balancing_weight", 1)
-                if weight < 1:
-                    self.error(f"{ep}.load_balancing_weight", "value must be greater than or equal to 1")
-                status = {0: "UNKNOWN", 1: "HEALTHY", 2: "UNHEALTHY", 3: "DRAINING",
-                          4: "TIMEOUT", 5: "DEGRADED"}[lbe.health_status]
-                out.append(model.Endpoint(address, weight, status, lbe.endpoint.hostname,
-                                          lle.priority))
-        if ctype == "STRICT_DNS":
-            return tuple(out)
-        for e in out:
-            if not _is_ip(e.address.address):
-                self.error(path, f"STATIC cluster endpoint {e.address.address!r} is not an IP "
-                           "address (use STRICT_DNS)")
-        return tuple(out)
-
-
-def _is_ip(text: str) -> bool:
-    import ipaddress
-    try:
-        ipaddress.ip_address(text)
-        return True
-    except ValueError:
-        return False
-
-
-def _route_cluster_names(rc: Message) -> list[str]:
-    names = []
-    for vh in rc.virtual_hosts:
-        for r in vh.routes:
-            if r.WhichOneof("action") != "route":
-                continue
-            if r.route.cluster:
-                names.append(r.route.cluster)
-            names += [c.name for c in r.route.weighted_clusters.clusters if c.name]
-    return names
 
 
 def translate_bootstrap(bootstrap: Message, lookup_http_filter: FilterParserLookup

@@ -20,7 +20,7 @@ from sidecar.codec.events import (Body, EndOfMessage, Event, Headers, ParseError
                                   ResponseHead)
 from sidecar.codec.http1 import (
     CODEC_ERROR, HEADERS_TOO_LARGE, INVALID_CHARACTERS, LOW_VERSION, MAX_CONTENT_LENGTH,
-    METHODS, TOO_MANY_HEADERS, bad_request, bad_response, check_target, connection_tokens,
+    METHODS, TOO_MANY_HEADERS, bad_response, check_target, connection_tokens,
     head_size, keep_alive, request_framing, response_framing)
 
 _OPEN, _IGNORE, _DEAD = 0, 1, 2

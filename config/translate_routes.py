@@ -1,0 +1,263 @@
+"""Route configuration protobuf -> model: virtual hosts, matchers, actions, header mutations."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from google.protobuf.message import Message
+
+from config import model
+from config.matchers import StringMatcher, compile_regex
+from config.translate_base import TranslatorBase, each, optional_timeout, wrapped
+
+REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
+
+
+class RouteTranslator(TranslatorBase):
+    # --- routes -------------------------------------------------------------------
+
+    def route_config(self, rc: Message, path: str) -> model.RouteConfig | None:
+        self.only(rc, path, ("name", "virtual_hosts", "request_headers_to_add",
+                             "request_headers_to_remove", "response_headers_to_add",
+                             "response_headers_to_remove", "validate_clusters"))
+        vhosts = each(rc.virtual_hosts, f"{path}.virtual_hosts", self.virtual_host)
+        seen: dict[str, str] = {}
+        for vh in vhosts:
+            for domain in vh.domains:
+                key = domain.lower()
+                if key in seen:
+                    self.error(f"{path}.virtual_hosts", f"only unique values for domains are "
+                               f"permitted; duplicate entry of domain {domain}")
+                seen[key] = vh.name
+        return model.RouteConfig(
+            name=rc.name, virtual_hosts=tuple(vhosts),
+            request_headers=self.header_mutations(rc, path, "request"),
+            response_headers=self.header_mutations(rc, path, "response"))
+
+    def virtual_host(self, vh: Message, path: str) -> model.VirtualHost | None:
+        self.only(vh, path, ("name", "domains", "routes", "request_headers_to_add",
+                             "request_headers_to_remove", "response_headers_to_add",
+                             "response_headers_to_remove", "metadata"))
+        if not vh.name:
+            self.error(f"{path}.name", "value length must be at least 1 characters")
+        if not vh.domains:
+            self.error(f"{path}.domains", "value must contain at least 1 item(s)")
+        for i, d in enumerate(vh.domains):
+            if d != "*" and d.count("*") > 1 or ("*" in d and not (d.startswith("*") or d.endswith("*"))):
+                self.error(f"{path}.domains[{i}]", f"invalid wildcard domain {d!r}")
+        routes = each(vh.routes, f"{path}.routes", self.route)
+        return model.VirtualHost(
+            name=vh.name, domains=tuple(vh.domains), routes=tuple(routes),
+            request_headers=self.header_mutations(vh, path, "request"),
+            response_headers=self.header_mutations(vh, path, "response"))
+
+    def route(self, r: Message, path: str) -> model.Route | None:
+        self.only(r, path, ("name", "match", "route", "redirect", "direct_response",
+                            "request_headers_to_add", "request_headers_to_remove",
+                            "response_headers_to_add", "response_headers_to_remove",
+                            "metadata", "decorator"))
+        match = self.route_match(r.match, f"{path}.match")
+        which = r.WhichOneof("action")
+        action: model.Action | None
+        if which == "route":
+            action = self.route_action(r.route, f"{path}.route")
+        elif which == "redirect":
+            action = self.redirect_action(r.redirect, f"{path}.redirect")
+        elif which == "direct_response":
+            action = self.direct_response(r.direct_response, f"{path}.direct_response")
+        else:
+            self.error(path, "one of route, redirect or direct_response is required")
+            return None
+        if match is None or action is None:
+            return None
+        return model.Route(match=match, action=action, name=r.name,
+                           request_headers=self.header_mutations(r, path, "request"),
+                           response_headers=self.header_mutations(r, path, "response"))
+
+    def route_match(self, m: Message, path: str) -> model.RouteMatch | None:
+        self.only(m, path, ("prefix", "path", "safe_regex", "path_separated_prefix",
+                            "case_sensitive", "headers", "query_parameters"))
+        kind = m.WhichOneof("path_specifier")
+        headers = tuple(each(m.headers, f"{path}.headers", self.header_matcher))
+        queries = tuple(each(m.query_parameters, f"{path}.query_parameters", self.query_matcher))
+        case_sensitive = wrapped(m, "case_sensitive", True)
+        if kind in ("prefix", "path"):
+            value = getattr(m, kind)
+            return model.RouteMatch(kind, value if case_sensitive else value.lower(),
+                                    case_sensitive, None, headers, queries)
+        if kind == "path_separated_prefix":
+            value = m.path_separated_prefix
+            if not value.startswith("/") or value.endswith("/") or "?" in value or "#" in value:
+                self.error(f"{path}.path_separated_prefix",
+                           "must start with '/', not end with '/', and hold no '?' or '#'")
+            return model.RouteMatch(kind, value if case_sensitive else value.lower(),
+                                    case_sensitive, None, headers, queries)
+        if kind == "safe_regex":
+            regex = self.regex(m.safe_regex, f"{path}.safe_regex")
+            if regex is None:
+                return None
+            return model.RouteMatch(kind, m.safe_regex.regex, case_sensitive, regex,
+                                    headers, queries)
+        self.error(path, "one of prefix, path, safe_regex or path_separated_prefix is required")
+        return None
+
+    def regex(self, rm: Message, path: str) -> Any:
+        self.only(rm, path, ("regex", "google_re2"))
+        try:
+            return compile_regex(rm.regex)
+        except Exception as e:  # re2.error has no stable public name across releases
+            self.error(f"{path}.regex", f"invalid RE2 regex {rm.regex!r}: {e}")
+            return None
+
+    def string_matcher(self, sm: Message, path: str) -> StringMatcher | None:
+        self.only(sm, path, ("exact", "prefix", "suffix", "contains", "safe_regex", "ignore_case"))
+        kind = sm.WhichOneof("match_pattern")
+        if kind == "safe_regex":
+            regex = self.regex(sm.safe_regex, f"{path}.safe_regex")
+            return StringMatcher("regex", sm.safe_regex.regex, False, regex) if regex else None
+        if kind is None:
+            self.error(path, "one of exact, prefix, suffix, contains or safe_regex is required")
+            return None
+        value = getattr(sm, kind)
+        if kind in ("prefix", "suffix", "contains") and not value:
+            self.error(f"{path}.{kind}", "value length must be at least 1 characters")
+        return StringMatcher(kind, value.lower() if sm.ignore_case else value, sm.ignore_case)
+
+    def header_matcher(self, h: Message, path: str) -> model.HeaderMatcher | None:
+        self.only(h, path, ("name", "exact_match", "safe_regex_match", "range_match",
+                            "present_match", "prefix_match", "suffix_match", "contains_match",
+                            "string_match", "invert_match", "treat_missing_header_as_empty"))
+        name = h.name.lower()
+        kind = h.WhichOneof("header_match_specifier")
+        common = dict(invert=h.invert_match, treat_missing_as_empty=h.treat_missing_header_as_empty)
+        if kind is None:
+            # No specifier: Envoy treats it as "header is present".
+            return model.HeaderMatcher(name, present=True, **common)
+        if kind == "present_match":
+            return model.HeaderMatcher(name, present=h.present_match, **common)
+        if kind == "range_match":
+            return model.HeaderMatcher(name, range=(h.range_match.start, h.range_match.end), **common)
+        if kind == "string_match":
+            sm = self.string_matcher(h.string_match, f"{path}.string_match")
+            return model.HeaderMatcher(name, string=sm, **common) if sm else None
+        if kind == "safe_regex_match":
+            regex = self.regex(h.safe_regex_match, f"{path}.safe_regex_match")
+            if regex is None:
+                return None
+            return model.HeaderMatcher(
+                name, string=StringMatcher("regex", h.safe_regex_match.regex, False, regex), **common)
+        legacy = {"exact_match": "exact", "prefix_match": "prefix", "suffix_match": "suffix",
+                  "contains_match": "contains"}[kind]
+        return model.HeaderMatcher(name, string=StringMatcher(legacy, getattr(h, kind)), **common)
+
+    def query_matcher(self, q: Message, path: str) -> model.QueryParameterMatcher | None:
+        self.only(q, path, ("name", "string_match", "present_match"))
+        if q.HasField("string_match"):
+            sm = self.string_matcher(q.string_match, f"{path}.string_match")
+            return model.QueryParameterMatcher(q.name, string=sm) if sm else None
+        return model.QueryParameterMatcher(q.name, present=True)
+
+    def route_action(self, a: Message, path: str) -> model.RouteAction | None:
+        self.only(a, path, ("cluster", "cluster_header", "weighted_clusters",
+                            "cluster_not_found_response_code", "prefix_rewrite", "regex_rewrite",
+                            "host_rewrite_literal", "auto_host_rewrite", "timeout"))
+        spec = a.WhichOneof("cluster_specifier")
+        if spec not in ("cluster", "cluster_header", "weighted_clusters"):
+            self.error(path, "one of cluster, cluster_header or weighted_clusters is required")
+            return None
+        if a.prefix_rewrite and a.HasField("regex_rewrite"):
+            self.error(path, "only one of prefix_rewrite and regex_rewrite may be set")
+        entries: list[model.WeightedClusterEntry] = []
+        total = 0
+        if spec == "weighted_clusters":
+            wc, wpath = a.weighted_clusters, f"{path}.weighted_clusters"
+            self.only(wc, wpath, ("clusters", "total_weight"))
+            for i, c in enumerate(wc.clusters):
+                cp = f"{wpath}.clusters[{i}]"
+                self.only(c, cp, ("name", "weight", "request_headers_to_add",
+                                  "request_headers_to_remove", "response_headers_to_add",
+                                  "response_headers_to_remove", "host_rewrite_literal"))
+                if not c.name:
+                    self.error(f"{cp}.name", "value length must be at least 1 characters")
+                entries.append(model.WeightedClusterEntry(
+                    name=c.name, weight=wrapped(c, "weight", 0),
+                    request_headers=self.header_mutations(c, cp, "request"),
+                    response_headers=self.header_mutations(c, cp, "response"),
+                    host_rewrite_literal=c.host_rewrite_literal or None))
+            total = sum(e.weight for e in entries)
+            if wc.HasField("total_weight") and wc.total_weight.value != total:
+                self.error(f"{wpath}.total_weight", f"sum of weights ({total}) must equal "
+                           f"total_weight ({wc.total_weight.value})")
+            if not entries or total == 0:
+                self.error(f"{wpath}.clusters", "at least one cluster with a non-zero weight")
+        return model.RouteAction(
+            cluster=a.cluster or None, cluster_header=a.cluster_header.lower() or None,
+            weighted_clusters=tuple(entries), total_weight=total,
+            cluster_not_found_response_code={0: 503, 1: 404, 2: 500}.get(
+                a.cluster_not_found_response_code, 503),
+            prefix_rewrite=a.prefix_rewrite or None,
+            regex_rewrite=self.regex_rewrite(a, path),
+            host_rewrite_literal=a.host_rewrite_literal or None,
+            auto_host_rewrite=wrapped(a, "auto_host_rewrite", False),
+            timeout=optional_timeout(a, "timeout", 15.0))
+
+    def regex_rewrite(self, a: Message, path: str) -> model.RegexRewrite | None:
+        if not a.HasField("regex_rewrite"):
+            return None
+        rr = a.regex_rewrite
+        self.only(rr, f"{path}.regex_rewrite", ("pattern", "substitution"))
+        regex = self.regex(rr.pattern, f"{path}.regex_rewrite.pattern")
+        return model.RegexRewrite(regex, rr.substitution) if regex else None
+
+    def redirect_action(self, r: Message, path: str) -> model.RedirectAction:
+        scheme = "https" if r.https_redirect else (r.scheme_redirect or None)
+        path_kind = r.WhichOneof("path_rewrite_specifier")
+        return model.RedirectAction(
+            scheme=scheme, host=r.host_redirect or None, port=r.port_redirect or None,
+            path=r.path_redirect if path_kind == "path_redirect" else None,
+            prefix_rewrite=r.prefix_rewrite if path_kind == "prefix_rewrite" else None,
+            regex_rewrite=self.regex_rewrite(r, path) if path_kind == "regex_rewrite" else None,
+            response_code=REDIRECT_CODES[r.response_code], strip_query=r.strip_query)
+
+    def direct_response(self, d: Message, path: str) -> model.DirectResponseAction | None:
+        self.only(d, path, ("status", "body"))
+        if not 200 <= d.status < 600:
+            self.error(f"{path}.status", "value must be inside range [200, 600)")
+        body = self.data_source(d.body, f"{path}.body") if d.HasField("body") else None
+        return model.DirectResponseAction(d.status, body)
+
+    def header_mutations(self, msg: Message, path: str, which: str) -> model.HeaderMutations | None:
+        add_field, remove_field = f"{which}_headers_to_add", f"{which}_headers_to_remove"
+        adds = []
+        for i, hv in enumerate(getattr(msg, add_field)):
+            p = f"{path}.{add_field}[{i}]"
+            self.only(hv, p, ("header", "append", "append_action", "keep_empty_value"))
+            self.only(hv.header, f"{p}.header", ("key", "value", "raw_value"))
+            key = hv.header.key.lower()
+            if not key:
+                self.error(f"{p}.header.key", "value length must be at least 1 characters")
+            if key.startswith(":") or key == "host":
+                self.error(f"{p}.header.key", f"{key} may not be modified")
+            action = {0: "APPEND_IF_EXISTS_OR_ADD", 1: "ADD_IF_ABSENT",
+                      2: "OVERWRITE_IF_EXISTS_OR_ADD", 3: "OVERWRITE_IF_EXISTS"}[hv.append_action]
+            if hv.HasField("append"):   # deprecated BoolValue: false means overwrite
+                action = "APPEND_IF_EXISTS_OR_ADD" if hv.append.value else "OVERWRITE_IF_EXISTS_OR_ADD"
+            value = hv.header.value or hv.header.raw_value.decode("latin-1")
+            if "%" in value:
+                self.error(f"{p}.header.value", "header formatters (%...%) are not supported yet")
+            adds.append(model.HeaderValueOption(key, value, action, hv.keep_empty_value))
+        removes = tuple(h.lower() for h in getattr(msg, remove_field))
+        return model.HeaderMutations(tuple(adds), removes) if adds or removes else None
+
+
+
+def route_cluster_names(rc: Message) -> list[str]:
+    names = []
+    for vh in rc.virtual_hosts:
+        for r in vh.routes:
+            if r.WhichOneof("action") != "route":
+                continue
+            if r.route.cluster:
+                names.append(r.route.cluster)
+            names += [c.name for c in r.route.weighted_clusters.clusters if c.name]
+    return names

@@ -13,7 +13,7 @@ import asyncio
 import logging
 import random
 from collections import deque
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 from sidecar.codec.events import Body, EndOfMessage, ParseError, RequestHead
 from sidecar.codec.http1 import (LAST_CHUNK, MISSING_HOST, REASONS, encode_chunk, encode_last_chunk,
@@ -57,8 +57,8 @@ class HttpConnection(asyncio.Protocol):
         self.parser = ctx.new_request_parser()
         self.queue: deque[Request] = deque()
         self.parsing: BodyStream | None = None   # body of the request being parsed
-        self.task: asyncio.Task[None] | None = None
-        self.wakeup: asyncio.Future[None] | None = None
+        self.task: asyncio.Task[None] | None = None    # the coroutine path, when in use
+        self.upstream: Any = None     # the upstream connection of Router.start's path
         self.drain_waiter: asyncio.Future[None] | None = None
         self.write_paused = False
         self.reading_paused = False
@@ -124,7 +124,11 @@ class HttpConnection(asyncio.Protocol):
         self.idle.cancel()
         if self.parsing is not None:
             self.parsing.reset(BodyReset("downstream closed"))
-        self._wake(None)
+        upstream, self.upstream = self.upstream, None
+        if upstream is not None:
+            # The router's synchronous path was waiting for the upstream: drop it.
+            self._abandoned(self.queue[0])
+            upstream.abort()
         if self.task is not None and not self.task.done():
             self.task.cancel()
         waiter, self.drain_waiter = self.drain_waiter, None
@@ -225,10 +229,8 @@ class HttpConnection(asyncio.Protocol):
         if len(self.queue) > 1:
             # Pipelined: hold the next requests (and their bodies) at the socket.
             self._pause_reading()
-        if self.task is None:
-            self.task = asyncio.get_running_loop().create_task(self._serve())
         else:
-            self._wake(None)
+            self._start(request)
 
     def _pause_reading(self) -> None:
         if not self.reading_paused and not self.closing:
@@ -240,71 +242,105 @@ class HttpConnection(asyncio.Protocol):
             self.reading_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
 
-    def _wake(self, _: object) -> None:
-        waiter, self.wakeup = self.wakeup, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+    # --- serving: one request at a time, in arrival order (RFC 9112 9.3.2) ----------
 
-    # --- serving -----------------------------------------------------------------
-
-    async def _serve(self) -> None:
-        """Answer queued requests one at a time, in arrival order (RFC 9112 9.3.2)."""
-        loop = asyncio.get_running_loop()
-        queue = self.queue
-        while not self.closing:
-            if not queue:
-                self.wakeup = loop.create_future()
-                await self.wakeup
-                continue
-            request = queue[0]
-            keep_open = await self._respond(request)
-            queue.popleft()
-            self.requests += 1
-            if not keep_open:
-                self._close()
-                return
-            if not queue:
-                self._went_idle()
-            self._resume_reading()
-
-    async def _respond(self, request: Request) -> bool:
-        """Run the request through the filter chain and write the response; False = close after."""
+    def _start(self, request: Request) -> None:
+        """Begin answering the request at the head of the queue."""
         ctx = self.ctx
         stats = self.stats
         stats.downstream_rq_total += 1
         stats.downstream_rq_http1_total += 1
         stats.downstream_rq_active += 1
         self.idle.clear()
+        request.info.start_time = ctx.loop.time()
+        request.route = ctx.route_table.select(
+            request.authority, request.path, request.method, request.headers, request.scheme)
+        if ctx.router is not None:
+            # The chain is just the router: let it forward without a task if it can.
+            self.upstream = ctx.router.start(request, self._answered)
+            if self.upstream is not None:
+                return
+        self.task = ctx.loop.create_task(self._respond(request))
+
+    def _answered(self, outcome: Response | LocalReply | None) -> None:
+        """Router.start's callback: the response head (or the error) for the current request."""
+        self.upstream = None
+        if self.closing:
+            return          # connection_lost did the accounting
+        request = self.queue[0]
+        if outcome is None:
+            self.task = self.ctx.loop.create_task(self._respond(request))
+            return
+        response = outcome if type(outcome) is Response else self._local_response(request, outcome)  # type: ignore[arg-type]
+        if type(response.body) is BodyStream:
+            self.task = self.ctx.loop.create_task(self._send(request, response))
+            return
+        self._finish(request, response.status, response.headers,
+                     self._write_whole(request, response, self._frame(request, response)))
+
+    async def _respond(self, request: Request) -> None:
+        """The coroutine path: the whole filter chain, then the response."""
         info = request.info
-        info.start_time = ctx.loop.time()
         try:
-            request.route = ctx.route_table.select(
-                request.authority, request.path, request.method, request.headers, request.scheme)
             try:
-                response = await ctx.handler(request)
+                response = await self.ctx.handler(request)
             except LocalReply as reply:
                 response = self._local_response(request, reply)
             except BodyReset:
                 # The request body never finished: the client is gone or broke framing.
                 info.set_flag("DC")
-                stats.downstream_rq_rx_reset += 1
-                return False
+                self.stats.downstream_rq_rx_reset += 1
+                self._finish(request, 0, [], False)
+                return
             except Exception:
                 log.exception("bug: unhandled error answering %s %s", request.method, request.path)
                 response = self._local_response(request, LocalReply(500, b"", "", "internal_error"))
-            keep_open = await self._write(request, response)
-            if ctx.access_logs:
-                self._log(request, response.status, response.headers)
         except asyncio.CancelledError:
-            info.set_flag("DC")
-            stats.downstream_rq_rx_reset += 1
-            if ctx.access_logs:
-                self._log(request, 0, [])     # Envoy logs code 0 for a request it never answered
+            self._abandoned(request)
             raise
-        finally:
-            stats.downstream_rq_active -= 1
-        count_downstream_response(stats, response.status)
-        return keep_open
+        await self._send(request, response)
+
+    async def _send(self, request: Request, response: Response) -> None:
+        keep_open = self._frame(request, response)
+        if type(response.body) is BodyStream:
+            try:
+                keep_open = await self._write_streamed(request, response, keep_open)
+            except asyncio.CancelledError:
+                self._abandoned(request)
+                raise
+        else:
+            keep_open = self._write_whole(request, response, keep_open)
+        self._finish(request, response.status, response.headers, keep_open)
+
+    def _finish(self, request: Request, status: int, headers: list[tuple[str, str]],
+                keep_open: bool) -> None:
+        """The current request is over: count and log it, then serve the next or close."""
+        stats = self.stats
+        stats.downstream_rq_active -= 1
+        if status:
+            count_downstream_response(stats, status)
+        if self.ctx.access_logs:
+            self._log(request, status, headers)
+        self.task = None
+        queue = self.queue
+        queue.popleft()
+        self.requests += 1
+        if not keep_open or self.closing:
+            self._close()
+            return
+        self._resume_reading()
+        if queue:
+            self._start(queue[0])
+        else:
+            self._went_idle()
+
+    def _abandoned(self, request: Request) -> None:
+        """The client went away before its response was written (flag DC)."""
+        request.info.set_flag("DC")
+        self.stats.downstream_rq_rx_reset += 1
+        self.stats.downstream_rq_active -= 1
+        if self.ctx.access_logs:
+            self._log(request, 0, [])     # Envoy logs code 0 for a request it never answered
 
     def _log(self, request: Request, status: int, headers: list[tuple[str, str]]) -> None:
         info = request.info
@@ -322,8 +358,8 @@ class HttpConnection(asyncio.Protocol):
         response.headers.append(("date", http_date()))
         return response
 
-    async def _write(self, request: Request, response: Response) -> bool:
-        """Write the response head and body downstream; False when the connection must close."""
+    def _frame(self, request: Request, response: Response) -> bool:
+        """Add the server and framing headers; False when the connection must close after."""
         cfg = self.ctx.config
         headers = response.headers
         if cfg.server_header_transformation == "OVERWRITE":
@@ -338,42 +374,47 @@ class HttpConnection(asyncio.Protocol):
             keep_open = False
         body = response.body
         status = response.status
-        bodyless = request.method == "HEAD" or status in (204, 304) or status < 200
-        chunked = False
         if type(body) is bytes or body is None:
-            if not bodyless or request.method == "HEAD":
+            if status not in (204, 304) and (status >= 200 or request.method == "HEAD"):
                 length = len(body) if body else 0
                 if request.method == "HEAD" and response.content_length is not None:
                     length = response.content_length
-                if status not in (204, 304):
-                    headers.append(("content-length", str(length)))
+                headers.append(("content-length", str(length)))
         elif response.content_length is not None:
             headers.append(("content-length", str(response.content_length)))
         elif request.version == "1.1":
-            chunked = True
+            response.chunked = True
             headers.append(("transfer-encoding", "chunked"))
         else:
             keep_open = False   # an HTTP/1.0 client: the close frames the body
         if not keep_open:
             headers.append(("connection", "close"))
-        head = serialize_response_head(status, headers)
-        transport = self.transport
-        ok = True
-        if type(body) is bytes or body is None:
-            transport.write(head + body if body and not bodyless else head)  # type: ignore[union-attr]
-            sent = len(body) if body and not bodyless else 0
-            request.info.bytes_sent = sent
-            self.stats.downstream_cx_tx_bytes_total += len(head) + sent
+        return keep_open
+
+    def _write_whole(self, request: Request, response: Response, keep_open: bool) -> bool:
+        """Write a response whose body is at hand, in one write."""
+        head = serialize_response_head(response.status, response.headers)
+        body = response.body
+        if not body or request.method == "HEAD" or response.status in (204, 304):
+            self.transport.write(head)  # type: ignore[union-attr]
+            sent = 0
         else:
-            transport.write(head)  # type: ignore[union-attr]
-            ok = await self._stream(body, chunked, bodyless, request.info)
-            if not ok:
-                keep_open = False
+            self.transport.write(head + body)  # type: ignore[union-attr,operator]
+            sent = len(body)  # type: ignore[arg-type]
+        request.info.bytes_sent = sent
+        self.stats.downstream_cx_tx_bytes_total += len(head) + sent
+        if response.on_complete is not None:
+            response.on_complete(True)
+        return keep_open
+
+    async def _write_streamed(self, request: Request, response: Response, keep_open: bool) -> bool:
+        """Write the head, then copy the body as it arrives; False when the connection must close."""
+        self.transport.write(serialize_response_head(response.status, response.headers))  # type: ignore[union-attr]
+        bodyless = request.method == "HEAD" or response.status in (204, 304)
+        ok = await self._stream(response.body, response.chunked, bodyless, request.info)  # type: ignore[arg-type]
         if response.on_complete is not None:
             response.on_complete(ok)
-        if ok and not keep_open:
-            return False
-        return keep_open and not self.closing
+        return keep_open and ok
 
     async def _stream(self, body: BodyStream, chunked: bool, bodyless: bool, info: StreamInfo) -> bool:
         """Copy a streamed body downstream with backpressure; False if it broke off midway."""

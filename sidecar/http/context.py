@@ -34,6 +34,10 @@ class HcmContext:
         max_count = config.max_headers_count
         self.new_request_parser: Callable[[], Any] = lambda: request_parser(max_bytes, max_count)
         self.handler = build_chain(config, FilterContext(cluster_manager, stats, config))
+        # With the router alone in the chain, the connection manager may use its
+        # synchronous path (Router.start) and skip the coroutine machinery.
+        enabled = [f for f in config.http_filters if not f.disabled]
+        self.router: Any = self.handler if len(enabled) == 1 and hasattr(self.handler, "start") else None
         # (open file, parsed format) per access_log entry; empty means no logging work at all.
         self.access_logs = [access_logs.open(a) for a in config.access_logs] if access_logs else []
 

@@ -7,6 +7,7 @@ request and the response are complete and both sides allow keep-alive.
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sidecar.codec.events import Body, EndOfMessage, ParseError, ResponseHead
@@ -45,7 +46,7 @@ ResponseStart = tuple[ResponseHead, "bytes | BodyStream"]
 
 
 class Http1UpstreamConnection(asyncio.Protocol):
-    __slots__ = ("pool", "parser", "transport", "head_waiter", "body", "closed",
+    __slots__ = ("pool", "parser", "transport", "head_waiter", "on_head", "body", "closed",
                  "received_any", "request_done", "response_done", "reusable",
                  "requests", "drain_waiter", "write_paused", "idle_deadline", "interim",
                  "route_deadline",
@@ -55,7 +56,10 @@ class Http1UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.parser = parser
         self.transport: asyncio.Transport | None = None
+        # Whoever waits for the response head: a future (the router's coroutine path)
+        # or a callback (its synchronous path, Router.start).
         self.head_waiter: asyncio.Future[ResponseStart] | None = None
+        self.on_head: Callable[[ResponseStart | Exception], None] | None = None
         self.body: BodyStream | None = None
         self.closed = False
         self.received_any = False
@@ -73,13 +77,22 @@ class Http1UpstreamConnection(asyncio.Protocol):
 
     # --- used by the router ----------------------------------------------------
 
-    def send_head(self, data: bytes, method: str) -> asyncio.Future[ResponseStart]:
-        """Write the request head (and any body bytes already at hand); returns the head future."""
+    def send_head(self, data: bytes, method: str,
+                  on_head: Callable[[ResponseStart | Exception], None] | None = None
+                  ) -> asyncio.Future[ResponseStart] | None:
+        """Write the request head (and any body bytes already at hand).
+
+        The response head (or the error that ended the exchange) goes to
+        ``on_head`` when given, else to the future returned.
+        """
         self.requests += 1
         self.request_done = self.response_done = self.received_any = False
         self.body = None
         self.parser.expect(method)
-        self.head_waiter = asyncio.get_running_loop().create_future()
+        if on_head is None:
+            self.head_waiter = asyncio.get_running_loop().create_future()
+        else:
+            self.on_head = on_head
         self.transport.write(data)  # type: ignore[union-attr]
         return self.head_waiter
 
@@ -104,9 +117,7 @@ class Http1UpstreamConnection(asyncio.Protocol):
 
     def time_out(self) -> None:
         """The route timeout fired: fail the wait for the head, and drop the connection."""
-        waiter, self.head_waiter = self.head_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_exception(UpstreamTimeout())
+        self._resolve(UpstreamTimeout())
         self.abort()
 
     def abort(self) -> None:
@@ -128,7 +139,7 @@ class Http1UpstreamConnection(asyncio.Protocol):
     def data_received(self, data: bytes) -> None:
         self.received_any = True
         self.pool.stats.upstream_cx_rx_bytes_total += len(data)
-        if self.head_waiter is None and self.body is None:
+        if self.head_waiter is None and self.on_head is None and self.body is None:
             # Bytes while idle: the upstream broke HTTP/1 framing; never reuse.
             self.reusable = False
             self.transport.close()  # type: ignore[union-attr]
@@ -189,9 +200,20 @@ class Http1UpstreamConnection(asyncio.Protocol):
 
     def _deliver(self, head: ResponseHead, body: bytes | BodyStream) -> None:
         self.route_deadline.clear()
+        self._resolve((head, body))
+
+    def _resolve(self, outcome: ResponseStart | Exception) -> None:
+        """Hand the response head, or the error, to whoever waits for it (once)."""
+        callback, self.on_head = self.on_head, None
+        if callback is not None:
+            callback(outcome)
+            return
         waiter, self.head_waiter = self.head_waiter, None
         if waiter is not None and not waiter.done():
-            waiter.set_result((head, body))
+            if isinstance(outcome, Exception):
+                waiter.set_exception(outcome)
+            else:
+                waiter.set_result(outcome)
 
     def _done(self) -> None:
         self.body = None
@@ -224,12 +246,10 @@ class Http1UpstreamConnection(asyncio.Protocol):
         self.pool.lost(self)
 
     def _fail(self, error: Exception) -> None:
-        waiter, self.head_waiter = self.head_waiter, None
-        if waiter is not None and not waiter.done():
-            if isinstance(error, UpstreamClosed) and self.received_any:
-                # Closed inside the response head: Envoy answers 502 "protocol error".
-                error = UpstreamProtocolError("connection closed inside the response head")
-            waiter.set_exception(error)
+        if isinstance(error, UpstreamClosed) and self.received_any:
+            # Closed inside the response head: Envoy answers 502 "protocol error".
+            error = UpstreamProtocolError("connection closed inside the response head")
+        self._resolve(error)
         body = self.body
         if body is not None and not self.response_done:
             body.reset(BodyReset("upstream connection closed mid-body"))

@@ -10,7 +10,9 @@ beyond one TimerHandle, no body stream when the whole response came in one read.
 from __future__ import annotations
 
 import asyncio
+import logging
 import random
+from collections.abc import Callable
 from typing import Any
 
 from config import model
@@ -25,6 +27,8 @@ from sidecar.http.message import BodyStream, Request, Response
 from sidecar.http.route_table import RouteEntry
 from sidecar.upstream.http1 import (Http1UpstreamConnection, UpstreamClosed, UpstreamProtocolError,
                                     UpstreamTimeout)
+
+log = logging.getLogger(__name__)
 
 # Response headers that belong to one hop (RFC 9110 7.6.1), and the framing
 # headers the connection manager writes itself.
@@ -119,15 +123,91 @@ class Router:
         last = action.weighted_clusters[-1]
         return last.name, last
 
-    async def forward(self, request: Request, entry: RouteEntry, action: model.RouteAction) -> Response:
+    def start(self, request: Request, answer: Callable[[Response | LocalReply | None], None]
+              ) -> Http1UpstreamConnection | None:
+        """Forward without a coroutine, when nothing has to wait before the response.
+
+        The hot path: a bodyless request to a cluster with a warm pooled connection
+        is written at once, and the connection calls back with the response head,
+        which goes to ``answer`` (a Response, or a LocalReply for the error).  No
+        task step, no future.  Returns the upstream connection, or None when the
+        request needs the coroutine path (``__call__``): another action, a body, a
+        cluster to look up in vain, a connection to open.  ``answer(None)`` later
+        means the same: the keep-alive race needs a fresh connection.
+        """
+        entry = request.route
+        if entry is None or request.body is not None:
+            return None
+        action = entry.action
+        if type(action) is not model.RouteAction:
+            return None
         name, weighted = self.pick_cluster(request, action)
         cluster = self.clusters.get(name)
+        if cluster is None:
+            return None
+        host = cluster.choose_host()
+        if host is None:
+            return None
+        conn = host.pool.take_idle()
+        if conn is None:
+            request.upstream_pick = (name, weighted, host)   # the coroutine path connects there
+            return None
+        info = request.info
+        info.upstream_cluster = name
+        info.upstream_host = host.label
+        stats = cluster.stats
+        stats.upstream_rq_total += 1
+        stats.upstream_rq_active += 1
+        host.active_requests += 1
+        start = self.loop.time()
+        timeout = action.timeout
+
+        def on_head(outcome: Any) -> None:
+            stats.upstream_rq_active -= 1
+            host.active_requests -= 1
+            try:
+                if type(outcome) is tuple:
+                    response = self.downstream_response(request, outcome[0], outcome[1], conn)
+                    answer(self.respond(response, entry, weighted, stats, start))
+                    return
+                if type(outcome) is UpstreamClosed and not outcome.received_any:
+                    # The pooled connection was already closed: resend on a fresh one.
+                    stats.upstream_rq_total -= 1      # counted again on the coroutine path
+                    request.upstream_pick = (name, weighted, host)
+                    answer(None)
+                    return
+                reply = reply_for(outcome)
+            except Exception:
+                log.exception("bug: router callback for %s %s", request.method, request.path)
+                reply = LocalReply(500, b"", "", "internal_error")
+            if reply.status == 504:
+                stats.upstream_rq_timeout += 1
+            stats.count_response(reply.status)
+            answer(reply)
+
+        conn.send_head(self.upstream_head(request, entry, action, weighted, host, timeout),
+                       request.method, on_head)
+        if timeout is not None:
+            conn.route_deadline.set(start + timeout)
+        conn.finish_request()
+        return conn
+
+    async def forward(self, request: Request, entry: RouteEntry, action: model.RouteAction) -> Response:
+        pick = request.upstream_pick
+        if pick is None:
+            name, weighted = self.pick_cluster(request, action)
+            cluster = self.clusters.get(name)
+        else:
+            # Router.start chose the host already; its cluster exists.
+            name, weighted, host = pick
+            cluster = self.clusters.get(name)
         info = request.info
         info.upstream_cluster = name
         if cluster is None:
             self.http_stats.no_cluster += 1
             raise local_reply.no_cluster(action.cluster_not_found_response_code)
-        host = cluster.choose_host()
+        if pick is None:
+            host = cluster.choose_host()
         if host is None:
             cluster.stats.upstream_cx_none_healthy += 1
             raise local_reply.no_healthy_upstream()
@@ -150,6 +230,11 @@ class Router:
         finally:
             stats.upstream_rq_active -= 1
             host.active_requests -= 1
+        return self.respond(response, entry, weighted, stats, start)
+
+    def respond(self, response: Response, entry: RouteEntry, weighted: model.WeightedClusterEntry | None,
+                stats: Any, start: float) -> Response:
+        """Count the upstream's answer, stamp x-envoy-upstream-service-time, mutate headers."""
         stats.count_response(response.status)
         if not self.suppress_envoy_headers:
             response.headers.append(("x-envoy-upstream-service-time",
@@ -221,6 +306,7 @@ class Router:
             if conn is None:
                 conn = await pool.connect(deadline)
             waiter = conn.send_head(sent.data(), request.method)
+            assert waiter is not None
             if deadline is not None:
                 conn.route_deadline.set(deadline)
             try:
@@ -231,11 +317,9 @@ class Router:
             except UpstreamClosed as closed:
                 if reused and sent.replayable and attempt == 1 and not closed.received_any:
                     continue
-                raise local_reply.connection_termination() from None
-            except UpstreamTimeout:
-                raise local_reply.upstream_timeout() from None
-            except UpstreamProtocolError:
-                raise local_reply.upstream_protocol_error() from None
+                raise reply_for(closed) from None
+            except (UpstreamTimeout, UpstreamProtocolError) as e:
+                raise reply_for(e) from None
             except BaseException:
                 # Downstream gone or its body broke off: the exchange can't finish.
                 conn.abort()
@@ -284,6 +368,15 @@ class Router:
         for mutations in entry.response_mutations:
             response.headers = apply_mutations(response.headers, mutations)
         return response
+
+
+def reply_for(error: Exception) -> LocalReply:
+    """The local reply for an exchange that ended without a response head."""
+    if isinstance(error, UpstreamTimeout):
+        return local_reply.upstream_timeout()
+    if isinstance(error, UpstreamProtocolError):
+        return local_reply.upstream_protocol_error()
+    return local_reply.connection_termination()
 
 
 def rewrite_path(path: str, match: model.RouteMatch, action: model.RouteAction) -> str:

@@ -11,7 +11,6 @@ from __future__ import annotations
 import http.client
 import json
 import socket
-import threading
 import time
 from collections import Counter
 from typing import Any
@@ -21,6 +20,7 @@ import pytest
 from tests.support.client import raw_exchange, request, status_of
 from tests.support.proxy import (TCP_PROXY, ProxyProcess, address, bootstrap, envoy_binary,
                                  http_listener, static_cluster, vhost)
+from tests.support.tcp_server import ThreadedTcpServer
 from tests.support.upstream import Received, Reply, Upstream
 
 KINDS = ["sidecar", pytest.param("envoy", marks=pytest.mark.skipif(
@@ -79,38 +79,17 @@ class BlackHole:
         self.sock.close()
 
 
-class EchoServer:
+class EchoServer(ThreadedTcpServer):
     """A tcp echo server that first sends its name, then echoes until EOF."""
 
     def __init__(self, name: str) -> None:
         self.name = name.encode()
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
-        self.accepted = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            try:
-                conn.sendall(self.name + b":")
-                while data := conn.recv(65536):
-                    conn.sendall(data)
-            except OSError:
-                pass
-
-    def close(self) -> None:
-        self.sock.close()
+    def serve(self, conn: socket.socket) -> None:
+        conn.sendall(self.name + b":")
+        while data := conn.recv(65536):
+            conn.sendall(data)
 
 
 # --- the shared bootstrap -----------------------------------------------------------------------

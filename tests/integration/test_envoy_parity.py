@@ -4,7 +4,6 @@ requests are sent to each, and what the client and the upstream observe is compa
 from __future__ import annotations
 
 import json
-from pathlib import Path
 
 import pytest
 import yaml

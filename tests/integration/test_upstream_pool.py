@@ -4,17 +4,17 @@ from __future__ import annotations
 
 import http.client
 import socket
-import threading
 import time
 
 import pytest
 
+from tests.support.tcp_server import ThreadedTcpServer
 from tests.support.proxy import ProxyProcess, bootstrap, http_listener, static_cluster, vhost
 
 RESPONSE = b"HTTP/1.1 200 OK\r\ncontent-length: 2\r\n\r\nok"
 
 
-class RacyUpstream:
+class RacyUpstream(ThreadedTcpServer):
     """Answers the first request on each connection; on the second it closes without answering.
 
     That is what a client sees when an upstream's keep-alive timeout closes a
@@ -22,51 +22,37 @@ class RacyUpstream:
     """
 
     def __init__(self) -> None:
-        self.sock = socket.socket()
-        self.sock.bind(("127.0.0.1", 0))
-        self.sock.listen(64)
-        self.port = self.sock.getsockname()[1]
-        self.connections = 0
         self.answered = 0
         self.closes_seen = 0
-        threading.Thread(target=self._accept, daemon=True).start()
+        super().__init__()
 
-    def _accept(self) -> None:
+    @property
+    def connections(self) -> int:
+        return self.accepted
+
+    def serve(self, conn: socket.socket) -> None:
+        served = 0
+        buf = b""
         while True:
-            try:
-                conn, _ = self.sock.accept()
-            except OSError:
+            data = conn.recv(65536)
+            if not data:
+                self.closes_seen += 1
                 return
-            self.connections += 1
-            threading.Thread(target=self._serve, args=(conn,), daemon=True).start()
-
-    def _serve(self, conn: socket.socket) -> None:
-        with conn:
-            served = 0
-            buf = b""
-            while True:
-                try:
-                    data = conn.recv(65536)
-                except OSError:
-                    return
-                if not data:
-                    self.closes_seen += 1
-                    return
-                buf += data
-                while b"\r\n\r\n" in buf:
-                    _, buf = buf.split(b"\r\n\r\n", 1)
-                    if served == 1:
-                        return            # close without a byte of response
-                    conn.sendall(RESPONSE)
-                    served += 1
-                    self.answered += 1
+            buf += data
+            while b"\r\n\r\n" in buf:
+                _, buf = buf.split(b"\r\n\r\n", 1)
+                if served == 1:
+                    return            # close without a byte of response
+                conn.sendall(RESPONSE)
+                served += 1
+                self.answered += 1
 
 
 @pytest.fixture
 def racy():
     up = RacyUpstream()
     yield up
-    up.sock.close()
+    up.close()
 
 
 def make_proxy(port: int, **cluster_extra) -> ProxyProcess:

@@ -8,6 +8,7 @@ from typing import Any
 from google.protobuf import symbol_database
 from google.protobuf.message import Message
 
+from config import model
 from config.bootstrap import ensure_type_imported
 from config.errors import ConfigError
 
@@ -90,3 +91,19 @@ class TranslatorBase:
             except OSError as e:
                 self.error(f"{path}.filename", f"cannot read {ds.filename}: {e.strerror}")
         return None
+
+    def socket_address(self, address: Message, path: str) -> model.SocketAddress | None:
+        self.only(address, path, ("socket_address",))
+        if not address.HasField("socket_address"):
+            self.error(path, "only socket_address is supported")
+            return None
+        sa = address.socket_address
+        p = f"{path}.socket_address"
+        self.only(sa, p, ("address", "port_value", "protocol", "ipv4_compat"))
+        if sa.protocol != 0:
+            self.error(f"{p}.protocol", "only TCP is supported")
+        if not sa.address:
+            self.error(f"{p}.address", "value length must be at least 1 characters")
+        if sa.port_value > 65535:
+            self.error(f"{p}.port_value", "value must be less than or equal to 65535")
+        return model.SocketAddress(sa.address, sa.port_value, sa.ipv4_compat)

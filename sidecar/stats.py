@@ -12,7 +12,7 @@ envoy_http_conn_manager_prefix="ingress_http"}``.
 from __future__ import annotations
 
 from collections.abc import Iterator
-from typing import ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar
 
 from prometheus_client import CONTENT_TYPE_LATEST
 
@@ -35,6 +35,11 @@ class Scope:
         self.name = name
         for stat in self.COUNTERS + self.GAUGES:
             setattr(self, stat, 0)
+
+    if TYPE_CHECKING:
+        # The stats are slots named in COUNTERS and GAUGES: plain ints to mypy too.
+        def __getattr__(self, name: str) -> int: ...
+        def __setattr__(self, name: str, value: Any) -> None: ...
 
     def values(self) -> Iterator[tuple[str, int, bool]]:
         """(stat name, value, is_counter) for every stat in this scope."""

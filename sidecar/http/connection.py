@@ -1,10 +1,12 @@
 """The HTTP/1.1 connection manager: one downstream connection, parsed, routed, answered in order.
 
 An ``asyncio.Protocol`` (the hot path): bytes go through the sans-IO parser;
-each request goes through the filter chain in one long-lived task per
-connection, so pipelined requests are answered in order.  Flow control both
-ways: request bodies pause our reading above the watermark, responses wait
-for the socket to drain.  Errors become responses here and only here.
+requests are queued and answered one at a time, so pipelined requests are
+answered in order.  A request goes through the filter chain in a task, or,
+when the chain is only the router, through Router.start's callback path with
+no task at all.  Flow control both ways: request bodies pause our reading
+above the watermark, responses wait for the socket to drain.  Errors become
+responses here and only here.
 """
 
 from __future__ import annotations
@@ -150,7 +152,7 @@ class HttpConnection(asyncio.Protocol):
         cfg = self.ctx.config
         target = head.target
         authority = ""
-        headers = []
+        headers: list[tuple[str, str]] = []
         xfp = xff = request_id = -1     # positions in ``headers``, -1 when absent
         for name, value in head.headers:
             if name in _DROPPED:
@@ -268,15 +270,23 @@ class HttpConnection(asyncio.Protocol):
         if self.closing:
             return          # connection_lost did the accounting
         request = self.queue[0]
-        if outcome is None:
-            self.task = self.ctx.loop.create_task(self._respond(request))
+        try:
+            if outcome is None:
+                self.task = self.ctx.loop.create_task(self._respond(request))
+                return
+            response = (outcome if type(outcome) is Response
+                        else self._local_response(request, outcome))  # type: ignore[arg-type]
+            if type(response.body) is BodyStream:
+                self.task = self.ctx.loop.create_task(self._send(request, response))
+                return
+            keep_open = self._write_whole(request, response, self._frame(request, response))
+        except Exception:
+            # A bug must not leave the client hanging: this runs in the upstream's callback.
+            log.exception("bug: answering %s %s", request.method, request.path)
+            self._abandoned(request)
+            self.transport.abort()  # type: ignore[union-attr]
             return
-        response = outcome if type(outcome) is Response else self._local_response(request, outcome)  # type: ignore[arg-type]
-        if type(response.body) is BodyStream:
-            self.task = self.ctx.loop.create_task(self._send(request, response))
-            return
-        self._finish(request, response.status, response.headers,
-                     self._write_whole(request, response, self._frame(request, response)))
+        self._finish(request, response.status, response.headers, keep_open)
 
     async def _respond(self, request: Request) -> None:
         """The coroutine path: the whole filter chain, then the response."""

@@ -145,7 +145,7 @@ class Request:
                  "route", "upstream_pick", "info")
 
     def __init__(self, method: str, path: str, authority: str, scheme: str, headers: Headers,
-                 body: Body, version: str = "1.1", keep_alive: bool = True,
+                 body: BodyStream | None, version: str = "1.1", keep_alive: bool = True,
                  content_length: int | None = None, chunked: bool = False,
                  expect_continue: bool = False, info: StreamInfo | None = None) -> None:
         self.method = method

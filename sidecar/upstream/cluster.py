@@ -132,7 +132,7 @@ class ClusterRuntime:
                 log.warning("cluster %s: cannot resolve %s: %s", self.name, e.address.address, err)
                 failed = True
                 continue
-            addresses = _pick_family([info[4][0] for info in infos], self.config.dns_lookup_family)
+            addresses = _pick_family([str(info[4][0]) for info in infos], self.config.dns_lookup_family)
             for address in addresses:
                 hosts.append(Host(address, e.address.port, e.weight, e.health_status,
                                   e.hostname or e.address.address, e.priority))

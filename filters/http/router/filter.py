@@ -101,6 +101,7 @@ class Router:
             headers = [("content-type", "text/plain")] if body else []
             return self.finish(Response(action.status, headers, body, content_length=len(body)),
                                entry, None)
+        assert type(action) is model.RedirectAction
         self.http_stats.rq_redirect += 1
         location = redirect_location(request, action, entry.route)
         return self.finish(Response(action.response_code, [("location", location)], b"",

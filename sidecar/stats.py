@@ -14,12 +14,6 @@ from __future__ import annotations
 from collections.abc import Iterator
 from typing import TYPE_CHECKING, Any, ClassVar
 
-from prometheus_client import CONTENT_TYPE_LATEST
-
-PROMETHEUS_CONTENT_TYPE = CONTENT_TYPE_LATEST
-
-CODE_CLASSES = ("1xx", "2xx", "3xx", "4xx", "5xx")
-
 
 class Scope:
     """A named group of counters and gauges, e.g. cluster ``backend``."""

@@ -384,7 +384,10 @@ class HttpConnection(asyncio.Protocol):
             keep_open = False
         body = response.body
         status = response.status
-        if type(body) is bytes or body is None:
+        if response.chunked and request.version == "1.1":
+            headers.append(("transfer-encoding", "chunked"))
+        elif type(body) is bytes or body is None:
+            response.chunked = False          # an HTTP/1.0 client gets a length instead
             if status not in (204, 304) and (status >= 200 or request.method == "HEAD"):
                 length = len(body) if body else 0
                 if request.method == "HEAD" and response.content_length is not None:
@@ -396,6 +399,7 @@ class HttpConnection(asyncio.Protocol):
             response.chunked = True
             headers.append(("transfer-encoding", "chunked"))
         else:
+            response.chunked = False
             keep_open = False   # an HTTP/1.0 client: the close frames the body
         if not keep_open:
             headers.append(("connection", "close"))
@@ -408,6 +412,9 @@ class HttpConnection(asyncio.Protocol):
         if not body or request.method == "HEAD" or response.status in (204, 304):
             self.transport.write(head)  # type: ignore[union-attr]
             sent = 0
+        elif response.chunked:
+            self.transport.write(head + encode_chunk(body) + LAST_CHUNK)  # type: ignore[union-attr,arg-type]
+            sent = len(body)  # type: ignore[arg-type]
         else:
             self.transport.write(head + body)  # type: ignore[union-attr,operator]
             sent = len(body)  # type: ignore[arg-type]

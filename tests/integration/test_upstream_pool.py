@@ -43,9 +43,9 @@ class RacyUpstream(ThreadedTcpServer):
                 _, buf = buf.split(b"\r\n\r\n", 1)
                 if served == 1:
                     return            # close without a byte of response
-                conn.sendall(RESPONSE)
                 served += 1
-                self.answered += 1
+                self.answered += 1     # before sending: the test may look right after
+                conn.sendall(RESPONSE)
 
 
 @pytest.fixture

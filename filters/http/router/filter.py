@@ -358,8 +358,10 @@ class Router:
             # Streamed and cut short downstream: the upstream connection can't be reused.
             response.on_complete = lambda ok: None if ok and stream.complete else conn.abort()  # type: ignore[union-attr]
             return response
-        # The upstream's reason phrase is not kept: Envoy writes the standard one.
-        return Response(head.status, headers, body, content_length=head.content_length)
+        # The upstream's reason phrase is not kept: Envoy writes the standard one.  A
+        # chunked response stays chunked even when it arrived whole, as with Envoy.
+        return Response(head.status, headers, body, content_length=head.content_length,
+                        chunked=head.chunked and bool(body))
 
     def finish(self, response: Response, entry: RouteEntry,
                weighted: model.WeightedClusterEntry | None) -> Response:

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
@@ -25,7 +24,7 @@ from sidecar.http.access_log import render
 from sidecar.http.dates import http_date
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyReset, BodyStream, Request, Response, StreamInfo
-from sidecar.netinfo import is_loopback, local_address
+from sidecar.http.request_headers import forwarded_headers
 from sidecar.stats import count_downstream_response
 from sidecar.timers import LazyDeadline
 
@@ -33,23 +32,6 @@ if TYPE_CHECKING:
     from sidecar.http.context import HcmContext
 
 log = logging.getLogger(__name__)
-
-# Request headers not forwarded: the downstream hop's own (the router re-frames
-# the body and writes Host), and one Envoy always sets itself.
-_DROPPED = frozenset(("connection", "keep-alive", "proxy-connection", "transfer-encoding",
-                      "upgrade", "content-length", "host", "x-envoy-expected-rq-timeout-ms"))
-
-# RFC 9562 UUIDv4: version nibble 4, variant bits 10.
-_UUID_CLEAR = ~((0xF << 76) | (0x3 << 62))
-_UUID_SET = (0x4 << 76) | (0x2 << 62)
-_getrandbits = random.getrandbits
-
-
-def _request_id() -> str:
-    """A random UUIDv4 string without a syscall per request (uuid.uuid4 reads os.urandom)."""
-    h = "%032x" % (_getrandbits(128) & _UUID_CLEAR | _UUID_SET)
-    return "-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
-
 
 class HttpConnection(asyncio.Protocol):
     def __init__(self, ctx: HcmContext) -> None:
@@ -151,22 +133,8 @@ class HttpConnection(asyncio.Protocol):
     def _on_head(self, head: RequestHead) -> None:
         cfg = self.ctx.config
         target = head.target
-        authority = ""
-        headers: list[tuple[str, str]] = []
-        xfp = xff = request_id = -1     # positions in ``headers``, -1 when absent
-        for name, value in head.headers:
-            if name in _DROPPED:
-                if name == "host" and not authority:
-                    authority = value
-                continue
-            if name[0] == "x":
-                if name == "x-forwarded-proto":
-                    xfp = len(headers)
-                elif name == "x-forwarded-for":
-                    xff = len(headers)
-                elif name == "x-request-id":
-                    request_id = len(headers)
-            headers.append((name, value))
+        headers, authority = forwarded_headers(head.headers, cfg, self.remote_ip,
+                                               head.expect_continue)
         if head.version != "1.1":
             if not cfg.accept_http_10:
                 self._protocol_error(426, "http1.http_10_not_allowed")
@@ -191,33 +159,8 @@ class HttpConnection(asyncio.Protocol):
             self._reject(403, "", "upgrade_failed")
             return
         if head.expect_continue:
-            # Envoy answers 100-continue itself and strips Expect (proxy_100_continue off).
-            headers = [h for h in headers if h[0] != "expect"]
+            # Envoy answers 100-continue itself (proxy_100_continue off).
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
-        if cfg.use_remote_address:
-            # Edge proxy: this hop's peer is the client; Envoy appends it (this host's
-            # own address when the peer is loopback), marks it external, and sets the
-            # protocol it saw.
-            if not cfg.skip_xff_append:
-                peer = local_address() if is_loopback(self.remote_ip) else self.remote_ip
-                if xff >= 0:
-                    headers[xff] = ("x-forwarded-for", f"{headers[xff][1]},{peer}")
-                else:
-                    headers.append(("x-forwarded-for", peer))
-            headers = [h for h in headers if h[0] != "x-envoy-external-address"]
-            headers.append(("x-envoy-external-address", self.remote_ip))
-            if xfp >= 0:
-                headers[xfp] = ("x-forwarded-proto", "http")
-            else:
-                headers.append(("x-forwarded-proto", "http"))
-        elif xfp < 0:
-            headers.append(("x-forwarded-proto", "http"))
-        if cfg.generate_request_id:
-            if request_id < 0:
-                headers.append(("x-request-id", _request_id()))
-            elif cfg.use_remote_address and not cfg.preserve_external_request_id:
-                # An external request's id is not trusted (Envoy regenerates it at the edge).
-                headers[request_id] = ("x-request-id", _request_id())
         body = None
         if head.chunked or (head.content_length or 0) > 0:
             body = self.parsing = BodyStream(self.ctx.buffer_limit, self._pause_reading,

@@ -153,14 +153,7 @@ class Router:
         if conn is None:
             request.upstream_pick = (name, weighted, host)   # the coroutine path connects there
             return None
-        info = request.info
-        info.upstream_cluster = name
-        info.upstream_host = host.label
-        stats = cluster.stats
-        stats.upstream_rq_total += 1
-        stats.upstream_rq_active += 1
-        host.active_requests += 1
-        start = self.loop.time()
+        stats, start = self.begin(request, name, cluster, host)
         timeout = action.timeout
 
         def on_head(outcome: Any) -> None:
@@ -181,9 +174,7 @@ class Router:
             except Exception:
                 log.exception("bug: router callback for %s %s", request.method, request.path)
                 reply = LocalReply(500, b"", "", "internal_error")
-            if reply.status == 504:
-                stats.upstream_rq_timeout += 1
-            stats.count_response(reply.status)
+            count_reply(stats, reply)
             answer(reply)
 
         conn.send_head(self.upstream_head(request, entry, action, weighted, host, timeout),
@@ -212,26 +203,30 @@ class Router:
         if host is None:
             cluster.stats.upstream_cx_none_healthy += 1
             raise local_reply.no_healthy_upstream()
-        info.upstream_host = host.label
-        stats = cluster.stats
-        stats.upstream_rq_total += 1
-        stats.upstream_rq_active += 1
-        host.active_requests += 1
-        start = self.loop.time()
+        stats, start = self.begin(request, name, cluster, host)
         timeout = action.timeout
         head = self.upstream_head(request, entry, action, weighted, host, timeout)
         try:
             response = await self.exchange(request, host, head,
                                            None if timeout is None else start + timeout)
         except LocalReply as reply:
-            if reply.status == 504:
-                stats.upstream_rq_timeout += 1
-            stats.count_response(reply.status)
+            count_reply(stats, reply)
             raise
         finally:
             stats.upstream_rq_active -= 1
             host.active_requests -= 1
         return self.respond(response, entry, weighted, stats, start)
+
+    def begin(self, request: Request, name: str, cluster: Any, host: Any) -> tuple[Any, float]:
+        """Account for one upstream request: stream info, cluster stats, host load; returns (stats, start)."""
+        info = request.info
+        info.upstream_cluster = name
+        info.upstream_host = host.label
+        stats = cluster.stats
+        stats.upstream_rq_total += 1
+        stats.upstream_rq_active += 1
+        host.active_requests += 1
+        return stats, self.loop.time()
 
     def respond(self, response: Response, entry: RouteEntry, weighted: model.WeightedClusterEntry | None,
                 stats: Any, start: float) -> Response:
@@ -371,6 +366,13 @@ class Router:
         for mutations in entry.response_mutations:
             response.headers = apply_mutations(response.headers, mutations)
         return response
+
+
+def count_reply(stats: Any, reply: LocalReply) -> None:
+    """An upstream request that ended in a local reply counts as that status (504: a timeout)."""
+    if reply.status == 504:
+        stats.upstream_rq_timeout += 1
+    stats.count_response(reply.status)
 
 
 def reply_for(error: Exception) -> LocalReply:

@@ -1,0 +1,81 @@
+"""Envoy's request header work at the connection manager (its mutateRequestHeaders):
+hop-by-hop headers dropped, x-forwarded-for / x-forwarded-proto / x-envoy-external-address
+under use_remote_address, x-request-id generated."""
+
+from __future__ import annotations
+
+import random
+
+from config import model
+from sidecar.codec.events import Headers
+from sidecar.netinfo import is_loopback, local_address
+
+# Request headers not forwarded: the downstream hop's own (the router re-frames
+# the body and writes Host), and one Envoy always sets itself.
+DROPPED = frozenset(("connection", "keep-alive", "proxy-connection", "transfer-encoding",
+                     "upgrade", "content-length", "host", "x-envoy-expected-rq-timeout-ms"))
+
+# RFC 9562 UUIDv4: version nibble 4, variant bits 10.
+_UUID_CLEAR = ~((0xF << 76) | (0x3 << 62))
+_UUID_SET = (0x4 << 76) | (0x2 << 62)
+_getrandbits = random.getrandbits
+
+
+def request_id() -> str:
+    """A random UUIDv4 string without a syscall per request (uuid.uuid4 reads os.urandom)."""
+    h = "%032x" % (_getrandbits(128) & _UUID_CLEAR | _UUID_SET)
+    return "-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
+
+
+def forwarded_headers(raw: Headers, cfg: model.HttpConnectionManager, remote_ip: str,
+                      expect_continue: bool) -> tuple[Headers, str]:
+    """The headers to forward, and the Host value (first one wins), in one pass over ``raw``.
+
+    Expect goes when the connection manager answers 100-continue itself (Envoy's
+    default, proxy_100_continue off).  Positions found in the pass are only
+    replaced or appended to afterwards, so they stay valid.
+    """
+    edge = cfg.use_remote_address
+    authority = ""
+    headers: Headers = []
+    xfp = xff = rid = -1     # positions in ``headers``, -1 when absent
+    for name, value in raw:
+        if name in DROPPED:
+            if name == "host" and not authority:
+                authority = value
+            continue
+        if name[0] == "x":
+            if name == "x-forwarded-proto":
+                xfp = len(headers)
+            elif name == "x-forwarded-for":
+                xff = len(headers)
+            elif name == "x-request-id":
+                rid = len(headers)
+            elif edge and name == "x-envoy-external-address":
+                continue        # set below from the real peer
+        elif expect_continue and name == "expect":
+            continue
+        headers.append((name, value))
+    if edge:
+        # This hop's peer is the client: Envoy appends it (this host's own address
+        # when the peer is loopback), marks it external and sets the protocol it saw.
+        if not cfg.skip_xff_append:
+            peer = local_address() if is_loopback(remote_ip) else remote_ip
+            if xff >= 0:
+                headers[xff] = ("x-forwarded-for", f"{headers[xff][1]},{peer}")
+            else:
+                headers.append(("x-forwarded-for", peer))
+        headers.append(("x-envoy-external-address", remote_ip))
+        if xfp >= 0:
+            headers[xfp] = ("x-forwarded-proto", "http")
+        else:
+            headers.append(("x-forwarded-proto", "http"))
+    elif xfp < 0:
+        headers.append(("x-forwarded-proto", "http"))
+    if cfg.generate_request_id:
+        if rid < 0:
+            headers.append(("x-request-id", request_id()))
+        elif edge and not cfg.preserve_external_request_id:
+            # An external request's id is not trusted (Envoy regenerates it at the edge).
+            headers[rid] = ("x-request-id", request_id())
+    return headers, authority

@@ -24,6 +24,10 @@ class Scope:
     PROM_PREFIX: ClassVar[str] = ""       # "envoy_cluster_"
     DOTTED_PREFIX: ClassVar[str] = ""     # "cluster."
     LABEL: ClassVar[str] = ""             # "envoy_cluster_name"
+    # For scopes that count responses: the completed counter, and the N-xx counter
+    # of each status class by index (index 0 unused).
+    COMPLETED: ClassVar[str] = ""
+    CLASS_COUNTERS: ClassVar[tuple[str, ...]] = ()
 
     def __init__(self, name: str) -> None:
         self.name = name
@@ -34,6 +38,14 @@ class Scope:
         # The stats are slots named in COUNTERS and GAUGES: plain ints to mypy too.
         def __getattr__(self, name: str) -> int: ...
         def __setattr__(self, name: str, value: Any) -> None: ...
+
+    def count_class(self, status: int) -> None:
+        """One response: <x>_rq_completed and <x>_rq_<N>xx (no class counter outside 1xx-5xx)."""
+        setattr(self, self.COMPLETED, getattr(self, self.COMPLETED) + 1)
+        cls = status // 100
+        if 0 < cls < 6:
+            name = self.CLASS_COUNTERS[cls]
+            setattr(self, name, getattr(self, name) + 1)
 
     def values(self) -> Iterator[tuple[str, int, bool]]:
         """(stat name, value, is_counter) for every stat in this scope."""
@@ -60,6 +72,9 @@ class HttpStats(Scope):
     PROM_PREFIX = "envoy_http_"
     DOTTED_PREFIX = "http."
     LABEL = "envoy_http_conn_manager_prefix"
+    COMPLETED = "downstream_rq_completed"
+    CLASS_COUNTERS = ("", "downstream_rq_1xx", "downstream_rq_2xx", "downstream_rq_3xx",
+                      "downstream_rq_4xx", "downstream_rq_5xx")
 
 
 class TcpStats(Scope):
@@ -105,24 +120,17 @@ class ClusterStats(Scope):
     PROM_PREFIX = "envoy_cluster_"
     DOTTED_PREFIX = "cluster."
     LABEL = "envoy_cluster_name"
+    COMPLETED = "upstream_rq_completed"
+    CLASS_COUNTERS = ("", "upstream_rq_1xx", "upstream_rq_2xx", "upstream_rq_3xx",
+                      "upstream_rq_4xx", "upstream_rq_5xx")
 
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.codes: dict[int, int] = {}     # upstream_rq_<code>
 
     def count_response(self, status: int) -> None:
-        self.upstream_rq_completed += 1
-        cls = status // 100
-        if cls == 2:
-            self.upstream_rq_2xx += 1
-        elif cls == 5:
-            self.upstream_rq_5xx += 1
-        elif cls == 4:
-            self.upstream_rq_4xx += 1
-        elif cls == 3:
-            self.upstream_rq_3xx += 1
-        elif cls == 1:
-            self.upstream_rq_1xx += 1
+        """The response returned for one upstream request (not each retried attempt)."""
+        self.count_class(status)
         self.codes[status] = self.codes.get(status, 0) + 1
 
 
@@ -133,21 +141,6 @@ class ServerStats(Scope):
     PROM_PREFIX = "envoy_server_"
     DOTTED_PREFIX = "server."
     LABEL = ""
-
-
-def count_downstream_response(stats: HttpStats, status: int) -> None:
-    stats.downstream_rq_completed += 1
-    cls = status // 100
-    if cls == 2:
-        stats.downstream_rq_2xx += 1
-    elif cls == 5:
-        stats.downstream_rq_5xx += 1
-    elif cls == 4:
-        stats.downstream_rq_4xx += 1
-    elif cls == 3:
-        stats.downstream_rq_3xx += 1
-    elif cls == 1:
-        stats.downstream_rq_1xx += 1
 
 
 class StatsStore:

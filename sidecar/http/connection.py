@@ -20,12 +20,12 @@ from sidecar.codec.events import Body, EndOfMessage, ParseError, RequestHead
 from sidecar.codec.http1 import (LAST_CHUNK, MISSING_HOST, REASONS, encode_chunk, encode_last_chunk,
                                  serialize_response_head)
 from sidecar.http import local_reply
+from sidecar.flow_control import WriteFlowControl
 from sidecar.http.access_log import render
 from sidecar.http.dates import http_date
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyReset, BodyStream, Request, Response, StreamInfo
 from sidecar.http.request_headers import forwarded_headers
-from sidecar.stats import count_downstream_response
 from sidecar.timers import LazyDeadline
 
 if TYPE_CHECKING:
@@ -33,7 +33,7 @@ if TYPE_CHECKING:
 
 log = logging.getLogger(__name__)
 
-class HttpConnection(asyncio.Protocol):
+class HttpConnection(WriteFlowControl, asyncio.Protocol):
     def __init__(self, ctx: HcmContext) -> None:
         self.ctx = ctx
         self.stats = ctx.stats
@@ -115,18 +115,7 @@ class HttpConnection(asyncio.Protocol):
             upstream.abort()
         if self.task is not None and not self.task.done():
             self.task.cancel()
-        waiter, self.drain_waiter = self.drain_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
-
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        waiter, self.drain_waiter = self.drain_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.release_writers()
 
     # --- request intake ----------------------------------------------------------
 
@@ -271,7 +260,7 @@ class HttpConnection(asyncio.Protocol):
         stats = self.stats
         stats.downstream_rq_active -= 1
         if status:
-            count_downstream_response(stats, status)
+            stats.count_class(status)
         if self.ctx.access_logs:
             self._log(request, status, headers)
         self.task = None
@@ -388,8 +377,7 @@ class HttpConnection(asyncio.Protocol):
                 info.bytes_sent += len(chunk)
                 transport.write(encode_chunk(chunk) if chunked else chunk)  # type: ignore[union-attr]
                 if self.write_paused:
-                    self.drain_waiter = asyncio.get_running_loop().create_future()
-                    await self.drain_waiter
+                    await self.wait_writable()
                     if self.closing:
                         return False
         except BodyReset:
@@ -408,7 +396,7 @@ class HttpConnection(asyncio.Protocol):
         """A request refused before it reached the filter chain: reply and close."""
         self.stats.downstream_rq_total += 1
         self.stats.downstream_rq_http1_total += 1
-        count_downstream_response(self.stats, status)
+        self.stats.count_class(status)
         reply = LocalReply(status, body.encode(), "", details, close_connection=True)
         self._send_and_close(reply)
 

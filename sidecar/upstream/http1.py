@@ -11,6 +11,7 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from sidecar.codec.events import Body, EndOfMessage, ParseError, ResponseHead
+from sidecar.flow_control import WriteFlowControl
 from sidecar.http.message import BodyReset, BodyStream
 from sidecar.timers import LazyDeadline
 
@@ -45,7 +46,7 @@ class UpstreamTimeout(Exception):
 ResponseStart = tuple[ResponseHead, "bytes | BodyStream"]
 
 
-class Http1UpstreamConnection(asyncio.Protocol):
+class Http1UpstreamConnection(WriteFlowControl, asyncio.Protocol):
     __slots__ = ("pool", "parser", "transport", "head_waiter", "on_head", "body", "closed",
                  "received_any", "request_done", "response_done", "reusable",
                  "requests", "drain_waiter", "write_paused", "idle_deadline", "interim",
@@ -99,12 +100,6 @@ class Http1UpstreamConnection(asyncio.Protocol):
     def write(self, data: bytes) -> None:
         if not self.closed:
             self.transport.write(data)  # type: ignore[union-attr]
-
-    async def drain(self) -> None:
-        """Wait while the socket's write buffer is above its high watermark."""
-        if self.write_paused and not self.closed:
-            self.drain_waiter = asyncio.get_running_loop().create_future()
-            await self.drain_waiter
 
     def finish_request(self) -> None:
         """The whole request has been written."""
@@ -240,9 +235,7 @@ class Http1UpstreamConnection(asyncio.Protocol):
         self.route_deadline.cancel()
         self.idle_deadline.cancel()
         self._fail(UpstreamClosed(self.received_any))
-        waiter, self.drain_waiter = self.drain_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)
+        self.release_writers()
         self.pool.lost(self)
 
     def _fail(self, error: Exception) -> None:
@@ -254,11 +247,3 @@ class Http1UpstreamConnection(asyncio.Protocol):
         if body is not None and not self.response_done:
             body.reset(BodyReset("upstream connection closed mid-body"))
 
-    def pause_writing(self) -> None:
-        self.write_paused = True
-
-    def resume_writing(self) -> None:
-        self.write_paused = False
-        waiter, self.drain_waiter = self.drain_waiter, None
-        if waiter is not None and not waiter.done():
-            waiter.set_result(None)

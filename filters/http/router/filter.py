@@ -330,8 +330,8 @@ class Router:
             piece = encode_chunk(chunk) if chunked else chunk
             sent.add(piece)
             conn.write(piece)
-            if conn.write_paused:
-                await conn.drain()
+            if conn.write_paused and not conn.closed:
+                await conn.wait_writable()
             if conn.closed:
                 return      # timed out or reset: the head waiter says which
         if chunked:

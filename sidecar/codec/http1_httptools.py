@@ -70,25 +70,14 @@ def _fields(names_b: list[bytes], values_b: list[bytes]) -> tuple[Headers, int]:
     return list(zip(names.lower().split("\n"), values.split("\n"))), size
 
 
-class RequestParser:
-    """Server side: bytes from a downstream client -> RequestHead, Body*, EndOfMessage.
+class _Parser:
+    """What both directions share: header collection, limits, the dead state."""
 
-    feed() returns the events of every (pipelined) request the bytes complete, the
-    body as it arrives.  ParseError(status, details) is raised with Envoy's answer;
-    events of that same feed() are lost and the parser stays dead.  After an
-    Upgrade, CONNECT or Connection: close request, later bytes are ignored.
-    """
+    __slots__ = ("_events", "_names", "_values", "_add_name", "_add_value", "_max_bytes",
+                 "_max_headers", "_state", "_error", "_guard")
 
-    __slots__ = ("_parser", "_events", "_url", "_names", "_values", "_add_name", "_add_value",
-                 "_max_bytes", "_max_headers", "_state", "_error", "_in_message", "_guard",
-                 "_special", "_has_body")
-
-    def __init__(self, max_header_bytes: int = 60 * 1024, max_headers: int = 100) -> None:
-        self._parser = httptools.HttpRequestParser(self)
-        # Envoy 1.40 accepts "3 \r\n" / "3\t\r\n" chunk-size lines; llhttp only with this.
-        self._parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
+    def __init__(self, max_header_bytes: int, max_headers: int) -> None:
         self._events: list[Event] = []
-        self._url = b""
         self._names: list[bytes] = []       # emptied in place: the appends stay bound
         self._values: list[bytes] = []
         self._add_name = self._names.append
@@ -97,8 +86,39 @@ class RequestParser:
         self._max_headers = max_headers
         self._state = _OPEN
         self._error: ParseError | None = None
-        self._in_message = False
         self._guard = 0            # bytes fed without an event while a message is open
+
+    def _die(self, error: ParseError) -> ParseError:
+        self._state = _DEAD
+        self._error = error
+        return error
+
+    def on_header(self, name: bytes, value: bytes) -> None:
+        self._add_name(name)
+        self._add_value(value)
+
+    def on_body(self, body: bytes) -> None:
+        self._events.append(Body(body))
+
+
+class RequestParser(_Parser):
+    """Server side: bytes from a downstream client -> RequestHead, Body*, EndOfMessage.
+
+    feed() returns the events of every (pipelined) request the bytes complete, the
+    body as it arrives.  ParseError(status, details) is raised with Envoy's answer;
+    events of that same feed() are lost and the parser stays dead.  After an
+    Upgrade, CONNECT or Connection: close request, later bytes are ignored.
+    """
+
+    __slots__ = ("_parser", "_url", "_in_message", "_special", "_has_body")
+
+    def __init__(self, max_header_bytes: int = 60 * 1024, max_headers: int = 100) -> None:
+        super().__init__(max_header_bytes, max_headers)
+        self._parser = httptools.HttpRequestParser(self)
+        # Envoy 1.40 accepts "3 \r\n" / "3\t\r\n" chunk-size lines; llhttp only with this.
+        self._parser.set_dangerous_leniencies(lenient_spaces_after_chunk_size=True)
+        self._url = b""
+        self._in_message = False
         self._special = False      # current message ends the HTTP/1 exchange (upgrade, close)
         self._has_body = False
 
@@ -129,20 +149,11 @@ class RequestParser:
                     raise self._die(ParseError(431, HEADERS_TOO_LARGE))
         return events
 
-    def _die(self, error: ParseError) -> ParseError:
-        self._state = _DEAD
-        self._error = error
-        return error
-
     # -- llhttp callbacks -------------------------------------------------------------
 
     def on_url(self, url: bytes) -> None:
         self._url = self._url + url if self._url else url
         self._in_message = True
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._add_name(name)
-        self._add_value(value)
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -190,9 +201,6 @@ class RequestParser:
         self._events.append(RequestHead(method, target, version, headers, alive,
                                         chunked, length, upgrade, expect))
 
-    def on_body(self, body: bytes) -> None:
-        self._events.append(Body(body))
-
     def on_message_complete(self) -> None:
         self._in_message = False
         trailers = None
@@ -220,7 +228,7 @@ class RequestParser:
         return trailers
 
 
-class ResponseParser:
+class ResponseParser(_Parser):
     """Client side: bytes from an upstream server -> ResponseHead, Body*, EndOfMessage.
 
     expect(method) before each response; 1xx heads come as head + EndOfMessage
@@ -229,31 +237,21 @@ class ResponseParser:
     feed_eof() ends a close-delimited body, and returns [] if nothing arrived.
     """
 
-    __slots__ = ("_parser", "_events", "_reason", "_names", "_values", "_add_name",
-                 "_add_value", "_max_bytes", "_max_headers", "_state", "_error", "_method",
-                 "_started", "_head", "_final", "_done", "_dirty", "_guard", "_close_delimited")
+    __slots__ = ("_parser", "_reason", "_method", "_started", "_head", "_final", "_done",
+                 "_dirty", "_close_delimited")
 
     # Envoy 1.40's upstream codec takes a response head up to 80 KiB (measured:
     # 81920 bytes -> 200, 81921 -> 502), not the 60 KiB of the downstream side.
     def __init__(self, max_header_bytes: int = 80 * 1024, max_headers: int = 100) -> None:
+        super().__init__(max_header_bytes, max_headers)
         self._parser = self._new_parser()
-        self._events: list[Event] = []
         self._reason = b""
-        self._names: list[bytes] = []       # emptied in place: the appends stay bound
-        self._values: list[bytes] = []
-        self._add_name = self._names.append
-        self._add_value = self._values.append
-        self._max_bytes = max_header_bytes
-        self._max_headers = max_headers
-        self._state = _OPEN
-        self._error: ParseError | None = None
         self._method: str | None = None
         self._started = False      # a byte of the current (non-interim) response arrived
         self._head: ResponseHead | None = None
         self._final = False        # the head being read is not 1xx
         self._done = False         # the final response is complete
         self._dirty = False        # llhttp was stopped mid-stream: needs a fresh parser
-        self._guard = 0
         self._close_delimited = False
 
     def _new_parser(self) -> httptools.HttpResponseParser:
@@ -313,11 +311,6 @@ class ResponseParser:
             return [EndOfMessage()]
         raise self._die(bad_response())
 
-    def _die(self, error: ParseError) -> ParseError:
-        self._state = _DEAD
-        self._error = error
-        return error
-
     # -- llhttp callbacks -------------------------------------------------------------
 
     def on_message_begin(self) -> None:
@@ -331,10 +324,6 @@ class ResponseParser:
 
     def on_status(self, reason: bytes) -> None:
         self._reason += reason
-
-    def on_header(self, name: bytes, value: bytes) -> None:
-        self._add_name(name)
-        self._add_value(value)
 
     def on_headers_complete(self) -> None:
         parser = self._parser
@@ -383,9 +372,6 @@ class ResponseParser:
             if status == 101 or method == "CONNECT":
                 self._state = _IGNORE      # the connection is now a tunnel
             raise _Stop
-
-    def on_body(self, body: bytes) -> None:
-        self._events.append(Body(body))
 
     def on_message_complete(self) -> None:
         trailers = None

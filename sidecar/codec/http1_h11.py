@@ -194,6 +194,34 @@ class _Parser:
                 values[i] = next(raw)
                 headers[i] = (name, values[i])
 
+    def _pump(self) -> list[Event]:
+        """Parse what is buffered: a head at a time ourselves, then h11 for the body."""
+        events: list[Event] = []
+        while self._open():
+            if self._conn is None:
+                head = self._take_head()
+                if head is None:
+                    break
+                self._begin(head, events)
+            elif self._buf:
+                self._conn.receive_data(bytes(self._buf))
+                self._buf.clear()
+                if not self._body_events(events):
+                    break
+                self._message_done()
+            else:
+                break
+        return events
+
+    def _open(self) -> bool:
+        return self._state == _OPEN
+
+    def _begin(self, head: bytes, events: list[Event]) -> None:
+        raise NotImplementedError
+
+    def _message_done(self) -> None:
+        raise NotImplementedError
+
     def _reset_head(self) -> None:
         self._framing = []
         self._start = b""
@@ -211,23 +239,8 @@ class RequestParser(_Parser):
             if self._state == _IGNORE:
                 return []
             raise self._error  # type: ignore[misc]
-        events: list[Event] = []
         self._buf += data
-        while self._state == _OPEN:
-            if self._conn is None:
-                head = self._take_head()
-                if head is None:
-                    break
-                self._begin(head, events)
-            elif self._buf:
-                self._conn.receive_data(bytes(self._buf))
-                self._buf.clear()
-                if not self._body_events(events):
-                    break
-                self._end_message()
-            else:
-                break
-        return events
+        return self._pump()
 
     def _begin(self, head: bytes, events: list[Event]) -> None:
         method_b, target_b, version_b = self._start.split(b" ")
@@ -275,9 +288,9 @@ class RequestParser(_Parser):
             conn.receive_data(bytes(self._buf))
             self._buf.clear()
         if self._body_events(events):
-            self._end_message()
+            self._message_done()
 
-    def _end_message(self) -> None:
+    def _message_done(self) -> None:
         assert self._conn is not None
         leftover = self._conn.trailing_data[0]
         self._conn = None
@@ -315,23 +328,8 @@ class ResponseParser(_Parser):
             if self._state == _IGNORE or not data:
                 return []
             raise self._error or self._fail()   # bytes with no request outstanding
-        events: list[Event] = []
         self._buf += data
-        while self._state == _OPEN and not self._done:
-            if self._conn is None:
-                head = self._take_head()
-                if head is None:
-                    break
-                self._begin(head, events)
-            elif self._buf:
-                self._conn.receive_data(bytes(self._buf))
-                self._buf.clear()
-                if not self._body_events(events):
-                    break
-                self._finish(self._conn.trailing_data[0])
-            else:
-                break
-        return events
+        return self._pump()
 
     def feed_eof(self) -> list[Event]:
         if self._state == _IGNORE or self._done:
@@ -407,6 +405,12 @@ class ResponseParser(_Parser):
         self._conn = conn
         if self._body_events(events):
             self._finish(conn.trailing_data[0])
+
+    def _open(self) -> bool:
+        return self._state == _OPEN and not self._done
+
+    def _message_done(self) -> None:
+        self._finish(self._conn.trailing_data[0])  # type: ignore[union-attr]
 
     def _finish(self, leftover: bytes) -> None:
         self._done = True

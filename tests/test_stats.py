@@ -15,8 +15,9 @@ def test_prometheus_text_uses_envoy_names_and_parses_as_prometheus():
     cluster.count_response(503)
     cluster.upstream_cx_active = 2
     http = store.http_scope("ingress_http")
-    http.downstream_rq_total += 4
-    http.downstream_rq_2xx += 4
+    for _ in range(4):
+        http.downstream_rq_total += 1
+        http.count_class(200)
     text = store.prometheus_text()
     # prometheus-client's own parser must accept every line we write.  (It renames
     # counter samples to *_total, so the exact names are checked on the text.)
@@ -37,7 +38,7 @@ def test_prometheus_text_uses_envoy_names_and_parses_as_prometheus():
 def test_dotted_view_matches_envoys_stats_page_names():
     store = StatsStore()
     store.cluster_scope("b").count_response(404)
-    names = dict(store.dotted())
+    names = {name: value for name, value, _ in store.dotted()}
     assert names["cluster.b.upstream_rq_404"] == 1
     assert names["cluster.b.upstream_rq_4xx"] == 1
     assert names["cluster.b.upstream_rq_completed"] == 1

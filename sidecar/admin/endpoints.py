@@ -21,7 +21,7 @@ import re2
 from google.protobuf.message import Message
 
 from sidecar.admin.config_dump import AdminError, config_dump_json, effective_node, server_info_json
-from sidecar.stats import ClusterStats, Scope, StatsStore
+from sidecar.stats import Scope, StatsStore
 
 TEXT = "text/plain; charset=UTF-8"
 TEXT_BARE = "text/plain"      # Envoy's config_dump errors and codec errors say no charset
@@ -140,7 +140,7 @@ def stats(target: AdminTarget, params: dict[str, str]) -> Reply:
     keep = _stat_filter(params)
     if isinstance(keep, Reply):
         return keep
-    rows = sorted((name, value) for name, value, counter in stat_entries(target.stats)
+    rows = sorted((name, value) for name, value, counter in target.stats.dotted()
                   if keep(name, value)
                   and (kind == "All" or kind == ("Counters" if counter else "Gauges")))
     # Histograms and text readouts: we keep none, so those types list nothing.
@@ -156,10 +156,8 @@ def prometheus_stats(target: AdminTarget, params: dict[str, str]) -> Reply:
     keep = _stat_filter(params)
     if isinstance(keep, Reply):
         return keep
-    store = target.stats
-    if "filter" in params or "usedonly" in params:
-        store = _Snapshot([scope for scope in _filtered_scopes(store, keep)])
-    text = store.prometheus_text()
+    filtered = "filter" in params or "usedonly" in params
+    text = target.stats.prometheus_text(keep if filtered else None)
     # StatsStore renders no families as "\n"; Envoy sends an empty body.
     return Reply(200, "" if text == "\n" else text, PROMETHEUS)
 
@@ -229,17 +227,6 @@ def help_text() -> str:
 
 # --- stats helpers ---------------------------------------------------------------
 
-def stat_entries(store: StatsStore) -> Iterator[tuple[str, int, bool]]:
-    """(dotted name, value, is_counter): StatsStore.dotted() plus the counter/gauge kind."""
-    for scope in list(store.scopes()):
-        base = f"{scope.DOTTED_PREFIX}{scope.name}." if scope.name else scope.DOTTED_PREFIX
-        for stat, value, counter in scope.values():
-            yield base + stat, value, counter
-        if isinstance(scope, ClusterStats):
-            for code, value in sorted(dict(scope.codes).items()):
-                yield f"{base}upstream_rq_{code}", value, True
-
-
 def _stat_filter(params: dict[str, str]) -> Callable[[str, int], bool] | Reply:
     """?filter= (RE2, partial match, as Envoy), ?invert_filter, ?usedonly.
 
@@ -274,27 +261,6 @@ class _Snapshot(StatsStore):
         return iter(self._scopes)
 
 
-def _filtered_scopes(store: StatsStore, keep: Callable[[str, int], bool]) -> Iterator[Scope]:
-    """Copies of the scopes holding only the stats ``keep`` accepts, so that
-    StatsStore.prometheus_text renders a filtered scrape in its own format."""
-    for scope in list(store.scopes()):
-        base = f"{scope.DOTTED_PREFIX}{scope.name}." if scope.name else scope.DOTTED_PREFIX
-        values = {stat: value for stat, value, _ in scope.values() if keep(base + stat, value)}
-        codes = ({code: v for code, v in dict(scope.codes).items()
-                  if keep(f"{base}upstream_rq_{code}", v)}
-                 if isinstance(scope, ClusterStats) else {})
-        if not values and not codes:
-            continue
-        cls = _subset_class(type(scope), tuple(s for s in scope.COUNTERS if s in values),
-                            tuple(s for s in scope.GAUGES if s in values))
-        copy = cls(scope.name)
-        for stat, value in values.items():
-            setattr(copy, stat, value)
-        if isinstance(copy, ClusterStats):
-            copy.codes = codes
-        yield copy
-
-
 @dataclass(slots=True)
 class ThreadView:
     """What an offloaded handler may read: a snapshot taken on the event loop."""
@@ -318,24 +284,6 @@ class ThreadView:
 
     def health_check_failed(self, failed: bool) -> None:
         raise RuntimeError("mutating admin actions run on the event loop")
-
-
-_SUBSET_CLASSES: dict[tuple[type[Scope], tuple[str, ...], tuple[str, ...]], type[Scope]] = {}
-
-
-def _subset_class(base: type[Scope], counters: tuple[str, ...],
-                  gauges: tuple[str, ...]) -> type[Scope]:
-    """A subclass of a scope type that lists only some of its stats (slots are inherited).
-
-    Cached: a filter picks the same few subsets scrape after scrape."""
-    key = (base, counters, gauges)
-    cls = _SUBSET_CLASSES.get(key)
-    if cls is None:
-        if len(_SUBSET_CLASSES) >= 1024:
-            _SUBSET_CLASSES.clear()
-        cls = _SUBSET_CLASSES[key] = type(base.__name__, (base,), {
-            "__slots__": (), "COUNTERS": counters, "GAUGES": gauges})
-    return cls
 
 
 @lru_cache(maxsize=64)

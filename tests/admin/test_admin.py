@@ -341,7 +341,7 @@ def test_stats_text_json_and_filters(run: Callable[..., Any]) -> None:
     lines = text.text.splitlines()
     assert lines == sorted(lines)
     assert dict(line.split(": ") for line in lines) == {
-        name: str(value) for name, value in target.stats.dotted()}
+        name: str(value) for name, value, _ in target.stats.dotted()}
     assert "cluster.backend.upstream_rq_total: 7" in lines
     assert_admin_headers(r["json"], "application/json")
     stats = r["json"].json()["stats"]

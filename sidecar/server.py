@@ -15,6 +15,7 @@ from typing import Any
 from google.protobuf.message import Message
 
 from config import model
+from sidecar import native
 from sidecar.admin.server import start_admin
 from sidecar.codec.http1 import get_parsers
 from sidecar.http.access_log import AccessLogs
@@ -72,8 +73,8 @@ class Server:
         self.state = "LIVE"
         self.stats.server.live = 1
         self.stats.server.state = 0
-        log.info("sidecar is LIVE: %d listeners, %d clusters", len(self.snapshot.listeners),
-                 len(self.snapshot.clusters))
+        log.info("sidecar is LIVE: %d listeners, %d clusters, hot path %s", len(self.snapshot.listeners),
+                 len(self.snapshot.clusters), native.state)
 
     async def serve(self) -> None:
         await self.start()

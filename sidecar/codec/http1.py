@@ -9,6 +9,8 @@ parsing library's own lives here, once, so the two cannot drift apart.
 
 from __future__ import annotations
 
+import importlib
+
 from sidecar.codec.events import Headers, ParseError
 
 # --- response code details (Envoy's strings, so access logs read the same) -------------
@@ -268,12 +270,14 @@ REASONS: dict[int, str] = {
 }
 
 
+PARSER_MODULES = {"httptools": "sidecar.codec.http1_httptools", "h11": "sidecar.codec.http1_h11"}
+
+
 def get_parsers(name: str = "httptools") -> tuple[type, type]:
     """(RequestParser, ResponseParser) of the named adapter: "httptools" (default) or "h11"."""
-    if name == "httptools":
-        from sidecar.codec import http1_httptools as mod
-    elif name == "h11":
-        from sidecar.codec import http1_h11 as mod  # type: ignore[no-redef]
-    else:
+    if name not in PARSER_MODULES:
         raise ValueError(f"unknown HTTP/1 parser {name!r} (expected 'httptools' or 'h11')")
+    # Imported by name, not with a conditional `from ... import ... as mod`, which
+    # mypyc compiles wrongly (the local stayed None for the module imported second).
+    mod = importlib.import_module(PARSER_MODULES[name])
     return mod.RequestParser, mod.ResponseParser

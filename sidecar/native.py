@@ -45,6 +45,8 @@ HOT_PATH = (
     "sidecar.upstream.lb",
     "sidecar.upstream.http1",
     "sidecar.upstream.pool",
+    "sidecar.upstream.cluster",
+    "config.model",
     "filters.http.router.headers",
     "filters.http.router.filter",
 )

@@ -4,7 +4,7 @@ under use_remote_address, x-request-id generated."""
 
 from __future__ import annotations
 
-import random
+import os
 
 from config import model
 from sidecar.codec.events import Headers
@@ -15,16 +15,25 @@ from sidecar.netinfo import is_loopback, local_address
 DROPPED = frozenset(("connection", "keep-alive", "proxy-connection", "transfer-encoding",
                      "upgrade", "content-length", "host", "x-envoy-expected-rq-timeout-ms"))
 
-# RFC 9562 UUIDv4: version nibble 4, variant bits 10.
-_UUID_CLEAR = ~((0xF << 76) | (0x3 << 62))
-_UUID_SET = (0x4 << 76) | (0x2 << 62)
-_getrandbits = random.getrandbits
+_random_hex = bytearray()     # pre-drawn random hex digits, consumed from the end
 
 
 def request_id() -> str:
-    """A random UUIDv4 string without a syscall per request (uuid.uuid4 reads os.urandom)."""
-    h = "%032x" % (_getrandbits(128) & _UUID_CLEAR | _UUID_SET)
-    return "-".join((h[:8], h[8:12], h[12:16], h[16:20], h[20:]))
+    """A random UUIDv4 string (RFC 9562: version nibble 4, variant 8-b).
+
+    Random bytes are drawn 4 KiB at a time: one os.urandom syscall per 256 ids
+    instead of one per request (uuid.uuid4), and only slicing per id.
+    """
+    global _random_hex
+    if not _random_hex:
+        _random_hex = bytearray(os.urandom(4096).hex(), "ascii")
+    h = _random_hex[-32:].decode("ascii")
+    del _random_hex[-32:]
+    return f"{h[:8]}-{h[8:12]}-4{h[13:16]}-{_VARIANT[h[16]]}{h[17:20]}-{h[20:]}"
+
+
+# The variant's two top bits are 10: any hex digit maps onto 8, 9, a or b.
+_VARIANT = {d: "89ab"[int(d, 16) & 3] for d in "0123456789abcdef"}
 
 
 def forwarded_headers(raw: Headers, cfg: model.HttpConnectionManager, remote_ip: str,

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import re
+import uuid
 
 from config import model
 from sidecar.http.request_headers import forwarded_headers, request_id
@@ -55,5 +56,9 @@ def test_preserved_request_id_and_skip_xff_append():
     assert d["x-request-id"] == "keep" and "x-forwarded-for" not in d
 
 
-def test_request_ids_differ():
-    assert len({request_id() for _ in range(1000)}) == 1000
+def test_request_ids_are_distinct_uuid4s():
+    ids = [request_id() for _ in range(1000)]     # crosses the 256-id refill
+    assert len(set(ids)) == 1000
+    for rid in ids:
+        parsed = uuid.UUID(rid)
+        assert str(parsed) == rid and parsed.version == 4 and parsed.variant == uuid.RFC_4122

@@ -181,8 +181,9 @@ class AccessLog:
 @dataclass(frozen=True, slots=True)
 class HttpConnectionManager:
     stat_prefix: str
-    route_config: RouteConfig
+    route_config: RouteConfig | None            # None: the route config comes over RDS
     http_filters: tuple[HttpFilterConfig, ...]
+    rds_route_config_name: str = ""             # set with route_config None
     codec_type: str = "AUTO"                    # AUTO | HTTP1
     use_remote_address: bool = False
     xff_num_trusted_hops: int = 0
@@ -253,7 +254,7 @@ class Endpoint:
 @dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
-    type: str = "STATIC"                        # STATIC | STRICT_DNS
+    type: str = "STATIC"                        # STATIC | STRICT_DNS | EDS
     endpoints: tuple[Endpoint, ...] = ()
     lb_policy: str = "ROUND_ROBIN"              # ROUND_ROBIN | RANDOM | LEAST_REQUEST
     least_request_choice_count: int = 2
@@ -264,9 +265,30 @@ class Cluster:
     dns_refresh_rate: float = 5.0
     dns_lookup_family: str = "AUTO"             # AUTO | V4_ONLY | V6_ONLY | V4_PREFERRED | ALL
     healthy_panic_threshold: float = 50.0       # percent; 0 disables panic routing
+    eds_service_name: str = ""                  # EDS: the ClusterLoadAssignment to ask for
+    http2: bool = False                         # a gRPC service target (xDS); not routable yet
 
 
 # --- bootstrap -------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class AdsConfig:
+    """Where the aggregated discovery service is and which variant it speaks."""
+    delta: bool                                 # DELTA_GRPC (else GRPC, State of the World)
+    cluster_name: str = ""                      # envoy_grpc: a static cluster
+    target_uri: str = ""                        # google_grpc
+    set_node_on_first_message_only: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class DynamicResources:
+    ads: AdsConfig
+    lds: bool                                   # lds_config: {ads: {}}
+    cds: bool                                   # cds_config: {ads: {}}
+    # How long start-up waits for the first LDS and CDS answers (the larger of the
+    # two sources' initial_fetch_timeout; Envoy's default 15 s; 0 waits forever).
+    initial_fetch_timeout: float = 15.0
+
 
 @dataclass(frozen=True, slots=True)
 class Node:
@@ -291,6 +313,7 @@ class Snapshot:
     admin: Admin | None
     listeners: tuple[Listener, ...]
     clusters: tuple[Cluster, ...]
+    dynamic: DynamicResources | None = None
 
     def cluster(self, name: str) -> Cluster | None:
         for c in self.clusters:

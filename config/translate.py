@@ -38,7 +38,7 @@ class Translator(RouteTranslator, ClusterTranslator):
     # --- bootstrap ----------------------------------------------------------------
 
     def bootstrap(self, bs: Message) -> model.Snapshot | None:
-        self.only(bs, "", ("node", "static_resources", "admin"))
+        self.only(bs, "", ("node", "static_resources", "admin", "dynamic_resources"))
         node = self.node(bs.node, "node")
         admin = None
         if bs.HasField("admin"):
@@ -53,10 +53,81 @@ class Translator(RouteTranslator, ClusterTranslator):
         self.unique((c.name for c in clusters), "static_resources.clusters", "cluster")
         self.unique((l.name for l in listeners), "static_resources.listeners", "listener")
         self.validate_route_clusters(sr.listeners, {c.name for c in clusters})
+        dynamic = None
+        if bs.HasField("dynamic_resources"):
+            dynamic = self.dynamic_resources(bs.dynamic_resources, "dynamic_resources",
+                                             {c.name: c for c in clusters})
+        else:
+            for i, c in enumerate(clusters):
+                if c.type == "EDS":
+                    self.error(f"static_resources.clusters[{i}].eds_cluster_config",
+                               "EDS needs dynamic_resources.ads_config")
+            for i, l in enumerate(listeners):
+                nf = l.filter_chain.filter
+                if isinstance(nf, model.HttpConnectionManager) and nf.rds_route_config_name:
+                    self.error(f"static_resources.listeners[{i}]", "rds needs dynamic_resources.ads_config")
         if self.errors:
             return None
         return model.Snapshot(node=node, admin=admin, listeners=tuple(listeners),
-                              clusters=tuple(clusters))
+                              clusters=tuple(clusters), dynamic=dynamic)
+
+    def dynamic_resources(self, dr: Message, path: str, static_clusters: dict[str, model.Cluster]
+                          ) -> model.DynamicResources | None:
+        """LDS and CDS over ADS (the only config sources sidecar speaks yet)."""
+        self.only(dr, path, ("lds_config", "cds_config", "ads_config"))
+        if not dr.HasField("ads_config"):
+            self.error(f"{path}.ads_config", "dynamic resources need ads_config (per-type gRPC "
+                       "subscriptions and path_config_source are not supported yet)")
+            return None
+        ads = self.ads_config(dr.ads_config, f"{path}.ads_config", static_clusters)
+        timeouts = []
+        for field in ("lds_config", "cds_config"):
+            if dr.HasField(field):
+                source = getattr(dr, field)
+                self.ads_source(source, f"{path}.{field}")
+                timeouts.append(optional_timeout(source, "initial_fetch_timeout", 15.0))
+        if ads is None:
+            return None
+        timeout = 0.0 if None in timeouts else max([t for t in timeouts if t is not None] or [15.0])
+        return model.DynamicResources(ads=ads, lds=dr.HasField("lds_config"),
+                                      cds=dr.HasField("cds_config"), initial_fetch_timeout=timeout)
+
+    def ads_config(self, api: Message, path: str, static_clusters: dict[str, model.Cluster]
+                   ) -> model.AdsConfig | None:
+        self.only(api, path, ("api_type", "transport_api_version", "grpc_services",
+                              "set_node_on_first_message_only"))
+        kind = {2: "GRPC", 3: "DELTA_GRPC"}.get(api.api_type)
+        if kind is None:
+            self.error(f"{path}.api_type", "ads_config api_type must be GRPC or DELTA_GRPC")
+        if api.transport_api_version == 1:
+            self.error(f"{path}.transport_api_version", "must be V3")
+        if len(api.grpc_services) != 1:
+            self.error(f"{path}.grpc_services", "exactly one grpc_service is supported")
+            return None
+        service, sp = api.grpc_services[0], f"{path}.grpc_services[0]"
+        self.only(service, sp, ("envoy_grpc", "google_grpc", "timeout"))
+        cluster_name = target_uri = ""
+        if service.HasField("envoy_grpc"):
+            self.only(service.envoy_grpc, f"{sp}.envoy_grpc", ("cluster_name",))
+            cluster_name = service.envoy_grpc.cluster_name
+            cluster = static_clusters.get(cluster_name)
+            if cluster is None:
+                self.error(f"{sp}.envoy_grpc.cluster_name",
+                           f"unknown static cluster {cluster_name!r}")
+            elif not cluster.endpoints:
+                self.error(f"{sp}.envoy_grpc.cluster_name", f"cluster {cluster_name!r} has no endpoints")
+        elif service.HasField("google_grpc"):
+            self.only(service.google_grpc, f"{sp}.google_grpc", ("target_uri", "stat_prefix"))
+            target_uri = service.google_grpc.target_uri
+            if not target_uri:
+                self.error(f"{sp}.google_grpc.target_uri", "value length must be at least 1 characters")
+        else:
+            self.error(sp, "one of envoy_grpc or google_grpc is required")
+        if kind is None:
+            return None
+        return model.AdsConfig(delta=kind == "DELTA_GRPC", cluster_name=cluster_name,
+                               target_uri=target_uri,
+                               set_node_on_first_message_only=api.set_node_on_first_message_only)
 
     def unique(self, names: Iterable[str], path: str, kind: str) -> None:
         seen: set[str] = set()
@@ -132,7 +203,7 @@ class Translator(RouteTranslator, ClusterTranslator):
 
     def http_connection_manager(self, hcm: Message, path: str) -> model.HttpConnectionManager | None:
         self.only(hcm, path, (
-            "codec_type", "stat_prefix", "route_config", "http_filters", "use_remote_address",
+            "codec_type", "stat_prefix", "route_config", "rds", "http_filters", "use_remote_address",
             "xff_num_trusted_hops", "skip_xff_append", "generate_request_id",
             "preserve_external_request_id", "server_name", "server_header_transformation",
             "max_request_headers_kb", "stream_idle_timeout", "request_timeout",
@@ -144,11 +215,19 @@ class Translator(RouteTranslator, ClusterTranslator):
             codec = "AUTO"
         if not hcm.stat_prefix:
             self.error(f"{path}.stat_prefix", "value length must be at least 1 characters")
-        if not hcm.HasField("route_config"):
-            self.error(f"{path}.route_config", "an inline route_config is required (rds comes "
-                       "with the xDS client)")
+        route_config: model.RouteConfig | None = None
+        rds_name = ""
+        if hcm.HasField("rds"):
+            self.only(hcm.rds, f"{path}.rds", ("config_source", "route_config_name"))
+            self.ads_source(hcm.rds.config_source, f"{path}.rds.config_source")
+            rds_name = hcm.rds.route_config_name
+            if not rds_name:
+                self.error(f"{path}.rds.route_config_name", "value length must be at least 1 characters")
+        elif hcm.HasField("route_config"):
+            route_config = self.route_config(hcm.route_config, f"{path}.route_config")
+        else:
+            self.error(path, "one of route_config or rds is required")
             return None
-        route_config = self.route_config(hcm.route_config, f"{path}.route_config")
         http_filters, suppress = self.http_filters(hcm.http_filters, f"{path}.http_filters")
         common = hcm.common_http_protocol_options
         self.only(common, f"{path}.common_http_protocol_options",
@@ -158,10 +237,10 @@ class Translator(RouteTranslator, ClusterTranslator):
         kb = wrapped(hcm, "max_request_headers_kb", 60)
         if not 0 < kb <= 8192:
             self.error(f"{path}.max_request_headers_kb", "value must be in (0, 8192]")
-        if route_config is None:
+        if route_config is None and not rds_name:
             return None
         return model.HttpConnectionManager(
-            stat_prefix=hcm.stat_prefix, route_config=route_config,
+            stat_prefix=hcm.stat_prefix, route_config=route_config, rds_route_config_name=rds_name,
             http_filters=http_filters, codec_type=codec,
             use_remote_address=wrapped(hcm, "use_remote_address", False),
             xff_num_trusted_hops=hcm.xff_num_trusted_hops,

@@ -107,3 +107,11 @@ class TranslatorBase:
         if sa.port_value > 65535:
             self.error(f"{p}.port_value", "value must be less than or equal to 65535")
         return model.SocketAddress(sa.address, sa.port_value, sa.ipv4_compat)
+
+    def ads_source(self, source: Message, path: str) -> None:
+        """A ConfigSource that must say ``ads: {}`` (with resource_api_version V3)."""
+        self.only(source, path, ("ads", "resource_api_version", "initial_fetch_timeout"))
+        if not source.HasField("ads"):
+            self.error(path, "only 'ads: {}' config sources are supported yet")
+        if source.resource_api_version == 1:
+            self.error(f"{path}.resource_api_version", "must be V3")

@@ -20,13 +20,21 @@ class ClusterTranslator(TranslatorBase):
                             "per_connection_buffer_limit_bytes", "common_http_protocol_options",
                             "typed_extension_protocol_options", "max_requests_per_connection",
                             "least_request_lb_config", "metadata", "alt_stat_name",
-                            "common_lb_config"))
+                            "common_lb_config", "eds_cluster_config"))
         if not c.name:
             self.error(f"{path}.name", "value length must be at least 1 characters")
-        ctype = {0: "STATIC", 1: "STRICT_DNS"}.get(c.type)
+        ctype = {0: "STATIC", 1: "STRICT_DNS", 3: "EDS"}.get(c.type)
         if c.WhichOneof("cluster_discovery_type") == "cluster_type" or ctype is None:
-            self.error(f"{path}.type", "only STATIC and STRICT_DNS clusters are supported yet")
+            self.error(f"{path}.type", "only STATIC, STRICT_DNS and EDS clusters are supported yet")
             return None
+        eds_service_name = ""
+        if ctype == "EDS":
+            eds = c.eds_cluster_config
+            self.only(eds, f"{path}.eds_cluster_config", ("eds_config", "service_name"))
+            self.ads_source(eds.eds_config, f"{path}.eds_cluster_config.eds_config")
+            eds_service_name = eds.service_name or c.name
+        elif c.HasField("eds_cluster_config"):
+            self.error(f"{path}.eds_cluster_config", "only EDS clusters take eds_cluster_config")
         lb = {0: "ROUND_ROBIN", 1: "LEAST_REQUEST", 3: "RANDOM"}.get(c.lb_policy)
         if lb is None:
             self.error(f"{path}.lb_policy", "only ROUND_ROBIN, LEAST_REQUEST and RANDOM are "
@@ -46,8 +54,8 @@ class ClusterTranslator(TranslatorBase):
                 if not 0 <= panic <= 100:
                     self.error(f"{path}.common_lb_config.healthy_panic_threshold",
                                "value must be inside range [0, 100]")
-        idle, max_requests = self.upstream_http_options(c, path)
-        endpoints = self.load_assignment(c, f"{path}.load_assignment", ctype)
+        idle, max_requests, http2 = self.upstream_http_options(c, path)
+        endpoints = self.load_assignment(c.load_assignment, f"{path}.load_assignment", ctype)
         family = {0: "AUTO", 1: "V4_ONLY", 2: "V6_ONLY", 3: "V4_PREFERRED", 4: "ALL"}[
             c.dns_lookup_family]
         return model.Cluster(
@@ -59,10 +67,13 @@ class ClusterTranslator(TranslatorBase):
             idle_timeout=idle, max_requests_per_connection=max_requests,
             dns_refresh_rate=(seconds(c.dns_refresh_rate)
                               if c.HasField("dns_refresh_rate") else 5.0),
-            dns_lookup_family=family, healthy_panic_threshold=panic)
+            dns_lookup_family=family, healthy_panic_threshold=panic,
+            eds_service_name=eds_service_name, http2=http2)
 
-    def upstream_http_options(self, c: Message, path: str) -> tuple[float | None, int]:
-        """Idle timeout and max requests per pooled connection, from either place Envoy reads them."""
+    def upstream_http_options(self, c: Message, path: str) -> tuple[float | None, int, bool]:
+        """Idle timeout, max requests per pooled connection (from either place Envoy reads
+        them) and whether the cluster speaks HTTP/2."""
+        http2 = False
         common = c.common_http_protocol_options
         common_path = f"{path}.common_http_protocol_options"
         for key, any_msg in c.typed_extension_protocol_options.items():
@@ -76,20 +87,27 @@ class ClusterTranslator(TranslatorBase):
             self.only(opts, p, ("common_http_protocol_options", "explicit_http_config"))
             if opts.HasField("explicit_http_config"):
                 which = opts.explicit_http_config.WhichOneof("protocol_config")
-                if which != "http_protocol_options":
-                    self.error(f"{p}.explicit_http_config", "only HTTP/1.1 upstreams are "
-                               "supported yet")
-                self.only(opts.explicit_http_config.http_protocol_options,
-                          f"{p}.explicit_http_config.http_protocol_options", ())
+                if which == "http2_protocol_options":
+                    # The xDS cluster says this; sidecar reaches it with grpcio, and does
+                    # not proxy HTTP to it (HTTP/2 upstreams come with issue 5).
+                    http2 = True
+                    self.only(opts.explicit_http_config.http2_protocol_options,
+                              f"{p}.explicit_http_config.http2_protocol_options", ())
+                elif which != "http_protocol_options":
+                    self.error(f"{p}.explicit_http_config", "only HTTP/1.1 and (for gRPC "
+                               "services) HTTP/2 upstreams are supported yet")
+                else:
+                    self.only(opts.explicit_http_config.http_protocol_options,
+                              f"{p}.explicit_http_config.http_protocol_options", ())
             if opts.HasField("common_http_protocol_options"):
                 common, common_path = opts.common_http_protocol_options, f"{p}.common_http_protocol_options"
         self.only(common, common_path, ("idle_timeout", "max_requests_per_connection"))
         max_requests = wrapped(common, "max_requests_per_connection",
                                wrapped(c, "max_requests_per_connection", 0))
-        return optional_timeout(common, "idle_timeout", 3600.0), max_requests
+        return optional_timeout(common, "idle_timeout", 3600.0), max_requests, http2
 
-    def load_assignment(self, c: Message, path: str, ctype: str) -> tuple[model.Endpoint, ...]:
-        la = c.load_assignment
+    def load_assignment(self, la: Message, path: str, ctype: str) -> tuple[model.Endpoint, ...]:
+        """A ClusterLoadAssignment (a cluster's load_assignment, or an EDS resource)."""
         self.only(la, path, ("cluster_name", "endpoints"))
         out: list[model.Endpoint] = []
         for i, lle in enumerate(la.endpoints):
@@ -113,7 +131,7 @@ class ClusterTranslator(TranslatorBase):
             return tuple(out)
         for e in out:
             if not _is_ip(e.address.address):
-                self.error(path, f"STATIC cluster endpoint {e.address.address!r} is not an IP "
+                self.error(path, f"{ctype} cluster endpoint {e.address.address!r} is not an IP "
                            "address (use STRICT_DNS)")
         return tuple(out)
 

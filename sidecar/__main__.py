@@ -59,6 +59,10 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
 
 
 def main(argv: list[str] | None = None) -> int:
+    argv = sys.argv[1:] if argv is None else argv
+    if argv[:1] == ["xds-server"]:      # the development control plane (sidecar/xds_server)
+        from sidecar.xds_server.cli import main as xds_server_main
+        return xds_server_main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=LOG_LEVELS[args.log_level],
                         format="[%(asctime)s][%(process)d][%(levelname)s][%(name)s] %(message)s")

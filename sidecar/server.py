@@ -12,6 +12,7 @@ import signal
 import time
 from typing import Any
 
+from envoy.config.core.v3 import base_pb2 as node_pb2
 from google.protobuf.message import Message
 
 from config import model
@@ -22,6 +23,8 @@ from sidecar.http.access_log import AccessLogs
 from sidecar.listener.manager import ListenerManager
 from sidecar.stats import StatsStore
 from sidecar.upstream.cluster import ClusterManager
+from sidecar.xds.client import CLUSTER, LISTENER, AdsClient
+from sidecar.xds.dynamic import DynamicConfig, listener_rds_name
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,7 @@ class Server:
             AccessLogs(options.get("file_flush_interval_msec", 10000) / 1000))
         self.admin: asyncio.AbstractServer | None = None
         self._stop: asyncio.Event | None = None
+        self.dynamic: DynamicConfig | None = None
 
     # --- AdminTarget -------------------------------------------------------------
 
@@ -69,12 +73,38 @@ class Server:
         self.state = "INITIALIZING"
         await self.cluster_manager.start(self.snapshot.clusters)
         for listener in self.snapshot.listeners:
-            await self.listener_manager.add(listener)
+            if listener_rds_name(listener) == "":
+                await self.listener_manager.add(listener)
+        if self.snapshot.dynamic is not None:
+            await self._start_xds(self.snapshot.dynamic)
         self.state = "LIVE"
         self.stats.server.live = 1
         self.stats.server.state = 0
         log.info("sidecar is LIVE: %d listeners, %d clusters, hot path %s", len(self.snapshot.listeners),
                  len(self.snapshot.clusters), native.state)
+
+    async def _start_xds(self, config: model.DynamicResources) -> None:
+        """Open the ADS stream and wait (up to initial_fetch_timeout) for the first config."""
+        self.dynamic = dynamic = DynamicConfig(self.cluster_manager, self.listener_manager,
+                                               self.snapshot)
+        wildcard = tuple(t for t, wanted in ((CLUSTER, config.cds), (LISTENER, config.lds)) if wanted)
+        node = node_pb2.Node()
+        node.CopyFrom(self.bootstrap.node)
+        node.user_agent_name = node.user_agent_name or "sidecar"
+        client = AdsClient(ads_target(config.ads, self.snapshot), node, config.ads.delta, dynamic,
+                           wildcard, config.ads.set_node_on_first_message_only)
+        dynamic.client = client
+        dynamic.expect(set(wildcard))
+        for listener in self.snapshot.listeners:
+            if listener_rds_name(listener):
+                dynamic.add_static_rds_listener(listener)
+        client.start()
+        timeout = config.initial_fetch_timeout or None
+        try:
+            await asyncio.wait_for(dynamic.initialized.wait(), timeout)
+        except TimeoutError:
+            log.warning("xDS: no complete initial config after %.0fs (initial_fetch_timeout); "
+                        "serving what has arrived", timeout)
 
     async def serve(self) -> None:
         await self.start()
@@ -93,7 +123,20 @@ class Server:
         deadline = time.monotonic() + self.drain_time
         while self.listener_manager.open_connections() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
+        if self.dynamic is not None and self.dynamic.client is not None:
+            await self.dynamic.client.stop()
         self.cluster_manager.close()
         self.listener_manager.access_logs.close()
         if self.admin is not None:
             self.admin.close()
+
+
+def ads_target(ads: model.AdsConfig, snapshot: model.Snapshot) -> str:
+    """The gRPC target: google_grpc's target_uri, or the envoy_grpc cluster's first endpoint."""
+    if ads.target_uri:
+        return ads.target_uri
+    cluster = snapshot.cluster(ads.cluster_name)
+    assert cluster is not None and cluster.endpoints, "checked by the translator"
+    address = cluster.endpoints[0].address
+    host = f"[{address.address}]" if address.is_ipv6 else address.address
+    return f"{host}:{address.port}"

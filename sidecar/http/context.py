@@ -22,11 +22,16 @@ from sidecar.stats import HttpStats
 class HcmContext:
     def __init__(self, config: model.HttpConnectionManager, cluster_manager: Any,
                  stats: HttpStats, request_parser: type, buffer_limit: int,
-                 access_logs: AccessLogs | None = None) -> None:
+                 access_logs: AccessLogs | None = None,
+                 route_config: model.RouteConfig | None = None) -> None:
         self.config = config
         self.stats = stats
         self.loop = asyncio.get_running_loop()
-        self.route_table = RouteTable(config.route_config)
+        # Inline, or (with rds) the RDS resource; replaced in place on each RDS
+        # update, so new requests see new routes at once.
+        routes = route_config or config.route_config
+        assert routes is not None, "an RDS listener is only built once its routes arrived"
+        self.route_table = RouteTable(routes)
         self.buffer_limit = buffer_limit
         self.draining = False
         self.connections: set[Any] = set()

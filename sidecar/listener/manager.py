@@ -61,11 +61,13 @@ class ActiveListener:
     """One bound listener and the network filter context its connections use."""
 
     def __init__(self, config: model.Listener, context: HcmContext | TcpProxyContext,
-                 server: asyncio.AbstractServer | None, sock: socket.socket | None) -> None:
+                 server: asyncio.AbstractServer | None, sock: socket.socket | None,
+                 factory: CountingProtocolFactory | None = None) -> None:
         self.config = config
         self.context = context
         self.server = server
         self.socket = sock
+        self.factory = factory
 
     @property
     def port(self) -> int:
@@ -80,24 +82,72 @@ class ListenerManager:
         self.request_parser = request_parser
         self.listeners: dict[str, ActiveListener] = {}
         self.access_logs = access_logs or AccessLogs()
+        # Contexts of replaced or removed listeners whose connections are finishing.
+        self.draining: list[HcmContext | TcpProxyContext] = []
 
-    def make_context(self, config: model.Listener) -> HcmContext | TcpProxyContext:
+    def make_context(self, config: model.Listener, route_config: model.RouteConfig | None = None
+                     ) -> HcmContext | TcpProxyContext:
         nf = config.filter_chain.filter
         limit = config.per_connection_buffer_limit_bytes
         if isinstance(nf, model.HttpConnectionManager):
             return HcmContext(nf, self.cluster_manager, self.stats.http_scope(nf.stat_prefix),
-                              self.request_parser, limit, self.access_logs)
+                              self.request_parser, limit, self.access_logs, route_config)
         return TcpProxyContext(nf, self.cluster_manager, self.stats.tcp_scope(nf.stat_prefix), limit)
 
-    async def add(self, config: model.Listener) -> ActiveListener:
+    @staticmethod
+    def connection_maker(context: HcmContext | TcpProxyContext) -> Any:
+        if isinstance(context, HcmContext):
+            return lambda: HttpConnection(context)
+        return lambda: TcpProxyDownstream(context)
+
+    async def put(self, config: model.Listener, route_config: model.RouteConfig | None = None
+                  ) -> ActiveListener:
+        """Add a listener, or replace the one of that name (LDS).
+
+        A replaced listener on the same address keeps its socket: new
+        connections get the new config at once, while the old config's
+        connections drain (they finish what they are doing, then close), as
+        Envoy drains a listener on update.  Raises OSError when a bind fails.
+        """
+        old = self.listeners.get(config.name)
+        if old is not None and old.factory is not None and old.config.address == config.address \
+                and config.bind_to_port:
+            context = self.make_context(config, route_config)
+            old.factory.make = self.connection_maker(context)
+            active = ActiveListener(config, context, old.server, old.socket, old.factory)
+            self.listeners[config.name] = active
+        else:
+            active = await self.add(config, route_config)
+            if old is not None and old.server is not None:
+                old.server.close()
+        if old is not None:
+            self._retire(old.context)
+        return active
+
+    def remove(self, name: str) -> None:
+        """Stop accepting on a listener (LDS removal); its connections drain."""
+        old = self.listeners.pop(name, None)
+        if old is not None:
+            if old.server is not None:
+                old.server.close()
+            self._retire(old.context)
+
+    def _retire(self, context: HcmContext | TcpProxyContext) -> None:
+        self.draining = [c for c in self.draining if c.connections]
+        if isinstance(context, HcmContext):
+            context.drain()     # each connection closes after its current response
+        # tcp_proxy connections have no request boundary: they run on until they end
+        # (or until shutdown drains them).
+        if context.connections:
+            self.draining.append(context)
+
+    async def add(self, config: model.Listener, route_config: model.RouteConfig | None = None
+                  ) -> ActiveListener:
         """Bind and start accepting; raises OSError naming the address when the bind fails."""
         loop = asyncio.get_running_loop()
-        context = self.make_context(config)
-        if isinstance(context, HcmContext):
-            make: Any = lambda: HttpConnection(context)  # noqa: E731
-        else:
-            make = lambda: TcpProxyDownstream(context)  # noqa: E731
-        server = sock = None
+        context = self.make_context(config, route_config)
+        make = self.connection_maker(context)
+        server = sock = factory = None
         if config.bind_to_port:
             a = config.address
             try:
@@ -110,7 +160,7 @@ class ListenerManager:
             factory = CountingProtocolFactory(make, self.stats.listener_scope(name))
             server = await loop.create_server(factory, sock=sock, backlog=1024)
             log.info("listener %s bound to %s:%s", config.name, bound[0], bound[1])
-        active = ActiveListener(config, context, server, sock)
+        active = ActiveListener(config, context, server, sock, factory)
         self.listeners[config.name] = active
         return active
 
@@ -122,6 +172,9 @@ class ListenerManager:
     def drain(self) -> None:
         for active in self.listeners.values():
             active.context.drain()
+        for context in self.draining:
+            context.drain()
 
     def open_connections(self) -> int:
-        return sum(len(a.context.connections) for a in self.listeners.values())
+        return (sum(len(a.context.connections) for a in self.listeners.values())
+                + sum(len(c.connections) for c in self.draining))

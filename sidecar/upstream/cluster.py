@@ -26,7 +26,8 @@ _FAMILIES = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6}
 
 class ClusterRuntime:
     def __init__(self, config: model.Cluster, stats: ClusterStats,
-                 parser_factory: Callable[[], Any]) -> None:
+                 parser_factory: Callable[[], Any],
+                 pools: dict[tuple[str, int], Http1Pool] | None = None) -> None:
         self.config = config
         self.name = config.name
         self.stats = stats
@@ -35,12 +36,18 @@ class ClusterRuntime:
         self.lb: LoadBalancer = build_lb(config.lb_policy, [])
         self.degraded_lb: LoadBalancer | None = None
         self.healthy_share = 1.0          # the rest goes to degraded hosts
-        self.pools: dict[tuple[str, int], Http1Pool] = {}
+        # An updated cluster takes over its predecessor's pools (set_hosts keeps those
+        # to addresses that remain): warm connections survive a CDS update.
+        self.pools: dict[tuple[str, int], Http1Pool] = pools or {}
         self.task: asyncio.Task[None] | None = None
         self.initialized = asyncio.Event()
         if config.type == "STATIC":
-            self.set_hosts([Host(e.address.address, e.address.port, e.weight, e.health_status,
-                                 e.hostname, e.priority) for e in config.endpoints])
+            self.set_endpoints(config.endpoints)
+
+    def set_endpoints(self, endpoints: tuple[model.Endpoint, ...]) -> None:
+        """STATIC endpoints, or an EDS ClusterLoadAssignment's."""
+        self.set_hosts([Host(e.address.address, e.address.port, e.weight, e.health_status,
+                             e.hostname, e.priority) for e in endpoints])
 
     def __repr__(self) -> str:
         return f"<Cluster {self.name} hosts={self.hosts}>"
@@ -176,6 +183,10 @@ class ClusterManager:
     async def start(self, clusters: tuple[model.Cluster, ...], init_timeout: float = 15.0) -> None:
         """Create every cluster and wait (bounded) for the first DNS answers, as Envoy's init."""
         for c in clusters:
+            if c.http2:
+                log.info("cluster %s speaks HTTP/2: used for gRPC services (xDS) only; "
+                         "HTTP routed to it gets 503 until HTTP/2 upstreams land", c.name)
+                continue
             runtime = ClusterRuntime(c, self.stats.cluster_scope(c.name), self.parser_factory)
             self.clusters[c.name] = runtime
             runtime.start()
@@ -190,3 +201,34 @@ class ClusterManager:
     def close(self) -> None:
         for c in self.clusters.values():
             c.close()
+
+    # --- CDS ---------------------------------------------------------------------------
+
+    def put(self, config: model.Cluster, endpoints: tuple[model.Endpoint, ...] | None = None) -> None:
+        """Add or replace a cluster, at once (EDS clusters come with their endpoints).
+
+        The replaced cluster's pools pass to the new one for the addresses that
+        remain, so pooled connections survive; requests already routed keep
+        the runtime they picked.
+        """
+        if config.http2:
+            self.remove(config.name)
+            log.warning("cluster %s speaks HTTP/2: not routable until HTTP/2 upstreams land",
+                        config.name)
+            return
+        old = self.clusters.get(config.name)
+        if old is not None and old.task is not None:
+            old.task.cancel()
+        runtime = ClusterRuntime(config, self.stats.cluster_scope(config.name), self.parser_factory,
+                                 pools=old.pools if old is not None else None)
+        if endpoints is not None:
+            runtime.set_endpoints(endpoints)
+        elif old is not None and config.type == "EDS":
+            runtime.set_hosts(old.hosts)
+        self.clusters[config.name] = runtime
+        runtime.start()
+
+    def remove(self, name: str) -> None:
+        runtime = self.clusters.pop(name, None)
+        if runtime is not None:
+            runtime.close()

@@ -97,8 +97,10 @@ class ProxyProcess:
     """A running proxy.  ``kind`` is "sidecar" or "envoy"; ``ports[name]`` gives each listener's port."""
 
     def __init__(self, config: dict[str, Any], kind: str = "sidecar",
-                 extra_args: list[str] | None = None, env: dict[str, str] | None = None) -> None:
+                 extra_args: list[str] | None = None, env: dict[str, str] | None = None,
+                 wait_ready: bool = True) -> None:
         self.kind = kind
+        self.wait = wait_ready          # False: __enter__ returns once started (xDS warming tests)
         self.config = json.loads(json.dumps(config))
         self.extra_args = extra_args or []
         self.env = env
@@ -110,7 +112,7 @@ class ProxyProcess:
     def _assign_ports(self) -> None:
         self.admin_port = free_port()
         self.config["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
-        for listener in self.config["static_resources"].get("listeners", []):
+        for listener in self.config.get("static_resources", {}).get("listeners", []):
             sa = listener["address"]["socket_address"]
             if sa["port_value"] == 0:
                 sa["port_value"] = free_port()
@@ -134,7 +136,8 @@ class ProxyProcess:
         self.log = open(self.log_path, "wb")
         self.proc = subprocess.Popen(self.command(str(path)), stdout=self.log,
                                      stderr=subprocess.STDOUT, env=env, cwd=self.tmp.name)
-        self.wait_ready()
+        if self.wait:
+            self.wait_ready()
         return self
 
     def wait_ready(self, timeout: float = 20.0) -> None:

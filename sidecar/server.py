@@ -17,6 +17,7 @@ from google.protobuf.message import Message
 
 from config import model
 from sidecar import native
+from sidecar.admin.config_dump import DynamicView
 from sidecar.admin.server import start_admin
 from sidecar.codec.http1 import get_parsers
 from sidecar.http.access_log import AccessLogs
@@ -57,6 +58,9 @@ class Server:
 
     def health_check_failed(self, failed: bool) -> None:
         self.health_failed = failed
+
+    def dynamic_view(self) -> DynamicView | None:
+        return self.dynamic.view() if self.dynamic is not None else None
 
     # --- lifecycle ----------------------------------------------------------------
 

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Callable, Iterator
+from dataclasses import dataclass
 from functools import lru_cache
 from typing import Any
 
@@ -134,11 +135,28 @@ def _fill_command_line_options(msg: Message, options: dict[str, Any]) -> None:
 
 # --- /config_dump -------------------------------------------------------------
 
+@dataclass(frozen=True)
+class DynamicEntry:
+    """One resource received over xDS, as /config_dump lists it."""
+    name: str
+    version: str
+    resource: AnyProto
+    updated_at: float               # epoch seconds
+    warming: bool = False
+
+
+# type short name ("Cluster", "Listener", "RouteConfiguration", "ClusterLoadAssignment")
+# -> its resources, sorted by name
+DynamicView = dict[str, list[DynamicEntry]]
+
+
 def config_dump_json(bootstrap: Message, node: Node, updated_at: float, *,
                      resource: str | None = None, mask: str | None = None,
-                     name_regex: NameMatcher | None = None) -> str:
+                     name_regex: NameMatcher | None = None,
+                     dynamic: DynamicView | None = None, include_eds: bool = False) -> str:
     """The /config_dump body; raises AdminError(400|404) as Envoy answers bad queries."""
-    dumps = list(_static_dumps(bootstrap, node, updated_at, name_regex or (lambda _: True)))
+    dumps = list(_static_dumps(bootstrap, node, updated_at, name_regex or (lambda _: True),
+                               dynamic or {}, include_eds))
     out = config_dump_pb2.ConfigDump()
     paths = [p for p in mask.split(",") if p] if mask else []
     if resource:
@@ -160,8 +178,8 @@ def config_dump_json(bootstrap: Message, node: Node, updated_at: float, *,
 
 
 def _static_dumps(bootstrap: Message, node: Node, updated_at: float,
-                  match: NameMatcher) -> Iterator[Message]:
-    """One dump per resource type, in Envoy 1.40's order."""
+                  match: NameMatcher, dynamic: DynamicView, include_eds: bool) -> Iterator[Message]:
+    """One dump per resource type, in Envoy 1.40's order; xDS resources beside the static ones."""
     millis = int(updated_at * 1000)   # Envoy prints last_updated with millisecond precision
     boot = config_dump_pb2.BootstrapConfigDump()
     boot.bootstrap.CopyFrom(bootstrap)
@@ -177,7 +195,35 @@ def _static_dumps(bootstrap: Message, node: Node, updated_at: float,
             entry = clusters.static_clusters.add()
             entry.cluster.Pack(cluster)
             entry.last_updated.FromMilliseconds(millis)
+    for item in dynamic.get("Cluster", []):
+        if match(item.name):
+            dyn = (clusters.dynamic_warming_clusters if item.warming
+                   else clusters.dynamic_active_clusters).add(version_info=item.version)
+            dyn.cluster.CopyFrom(item.resource)
+            dyn.last_updated.FromMilliseconds(int(item.updated_at * 1000))
+    if dynamic.get("Cluster") is not None:
+        clusters.version_info = _last_version(dynamic["Cluster"])
     yield clusters
+
+    if include_eds:
+        endpoints = config_dump_shared_pb2.EndpointsConfigDump()
+        for cluster in sorted(static.clusters, key=lambda c: c.name):
+            if match(cluster.name):
+                # As Envoy: every static cluster, named, with the default overprovisioning
+                # factor filled in, and no last_updated.  (Envoy also fills in each
+                # endpoint's live health and weight; we list them as configured.)
+                assignment = type(cluster.load_assignment)()
+                assignment.CopyFrom(cluster.load_assignment)
+                assignment.cluster_name = cluster.name
+                if not assignment.policy.HasField("overprovisioning_factor"):
+                    assignment.policy.overprovisioning_factor.value = 140
+                endpoints.static_endpoint_configs.add().endpoint_config.Pack(assignment)
+        for item in dynamic.get("ClusterLoadAssignment", []):
+            if match(item.name):
+                eds = endpoints.dynamic_endpoint_configs.add(version_info=item.version)
+                eds.endpoint_config.CopyFrom(item.resource)
+                eds.last_updated.FromMilliseconds(int(item.updated_at * 1000))
+        yield endpoints
 
     listeners = config_dump_shared_pb2.ListenersConfigDump()
     for listener in static.listeners:
@@ -185,6 +231,15 @@ def _static_dumps(bootstrap: Message, node: Node, updated_at: float,
             entry = listeners.static_listeners.add()
             entry.listener.Pack(listener)
             entry.last_updated.FromMilliseconds(millis)
+    for item in dynamic.get("Listener", []):
+        if match(item.name):
+            dyn_listener = listeners.dynamic_listeners.add(name=item.name)
+            state = dyn_listener.warming_state if item.warming else dyn_listener.active_state
+            state.version_info = item.version
+            state.listener.CopyFrom(item.resource)
+            state.last_updated.FromMilliseconds(int(item.updated_at * 1000))
+    if dynamic.get("Listener") is not None:
+        listeners.version_info = _last_version(dynamic["Listener"])
     yield listeners
 
     # Scoped routes inlined in an HCM are not listed (see the closing notes).
@@ -196,6 +251,11 @@ def _static_dumps(bootstrap: Message, node: Node, updated_at: float,
             entry = routes.static_route_configs.add()
             entry.route_config.Pack(route_config)
             entry.last_updated.FromMilliseconds(millis)
+    for item in dynamic.get("RouteConfiguration", []):
+        if match(item.name):
+            dyn_routes = routes.dynamic_route_configs.add(version_info=item.version)
+            dyn_routes.route_config.CopyFrom(item.resource)
+            dyn_routes.last_updated.FromMilliseconds(int(item.updated_at * 1000))
     yield routes
 
     secrets = config_dump_pb2.SecretsConfigDump()
@@ -205,6 +265,11 @@ def _static_dumps(bootstrap: Message, node: Node, updated_at: float,
             entry = secrets.static_secrets.add(name=secret.name)
             entry.secret.Pack(secret)
     yield secrets
+
+
+def _last_version(items: list[DynamicEntry]) -> str:
+    """The version_info of the latest update of a type (what Envoy shows beside the list)."""
+    return max(items, key=lambda i: i.updated_at).version if items else ""
 
 
 def inline_route_configs(bootstrap: Message) -> Iterator[Message]:

@@ -20,7 +20,8 @@ from typing import Any, Protocol
 import re2
 from google.protobuf.message import Message
 
-from sidecar.admin.config_dump import AdminError, config_dump_json, effective_node, server_info_json
+from sidecar.admin.config_dump import (AdminError, DynamicView, config_dump_json, effective_node,
+                                       server_info_json)
 from sidecar.stats import Scope, StatsStore
 
 TEXT = "text/plain; charset=UTF-8"
@@ -45,6 +46,7 @@ class AdminTarget(Protocol):
 
     def request_shutdown(self) -> None: ...
     def health_check_failed(self, failed: bool) -> None: ...
+    def dynamic_view(self) -> DynamicView | None: ...
 
 
 @dataclass(frozen=True, slots=True)
@@ -96,10 +98,6 @@ def server_info(target: AdminTarget, params: dict[str, str]) -> Reply:
 
 
 def config_dump(target: AdminTarget, params: dict[str, str]) -> Reply:
-    if "include_eds" in params:
-        # Envoy adds live endpoint state (health, weights) here; we have no such view yet.
-        return Reply(400, "include_eds is not supported by this admin; "
-                          "cluster endpoints are in static_clusters", TEXT_BARE)
     name_regex = params.get("name_regex") or None
     matcher = None
     if name_regex is not None:
@@ -115,7 +113,9 @@ def config_dump(target: AdminTarget, params: dict[str, str]) -> Reply:
                                 target.config_updated_at,
                                 resource=params.get("resource") or None,
                                 mask=params.get("mask") or None,
-                                name_regex=(lambda n: matcher(n) is not None) if matcher else None)
+                                name_regex=(lambda n: matcher(n) is not None) if matcher else None,
+                                dynamic=target.dynamic_view(),
+                                include_eds="include_eds" in params)
     except AdminError as e:
         return Reply(e.status, e.message, TEXT_BARE)
     return Reply(200, body, JSON)
@@ -272,12 +272,16 @@ class ThreadView:
     start_time: float
     options: dict[str, Any]
     health_failed: bool
+    dynamic: DynamicView | None
 
     @classmethod
     def of(cls, target: AdminTarget) -> ThreadView:
         return cls(_Snapshot(list(target.stats.scopes())), target.state, target.bootstrap,
                    target.config_updated_at, target.start_time, dict(target.options),
-                   target.health_failed)
+                   target.health_failed, target.dynamic_view())
+
+    def dynamic_view(self) -> DynamicView | None:
+        return self.dynamic
 
     def request_shutdown(self) -> None:
         raise RuntimeError("mutating admin actions run on the event loop")

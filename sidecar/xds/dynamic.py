@@ -26,7 +26,8 @@ from config import model
 from sidecar.http.context import HcmContext
 from sidecar.http.route_table import RouteTable
 from sidecar.xds.client import CLUSTER, ENDPOINT, LISTENER, ROUTE, AdsClient
-from sidecar.xds.resources import translate
+from sidecar.admin.config_dump import DynamicEntry, DynamicView
+from sidecar.xds.resources import KIND, translate
 
 log = logging.getLogger(__name__)
 
@@ -198,6 +199,20 @@ class DynamicConfig:
         names.discard("")
         if self.client is not None:
             self.client.subscribe(ROUTE, names)
+
+    def view(self) -> DynamicView:
+        """What /config_dump shows: every accepted resource, warming ones marked.
+
+        Called from the admin's worker thread: it works on copies of the dicts.
+        """
+        warming = {CLUSTER: set(self.warming_clusters), LISTENER: set(self.warming_listeners)}
+        view: DynamicView = {}
+        for type_url, store in list(self.resources.items()):
+            pending = warming.get(type_url, set())
+            view[KIND[type_url]] = [
+                DynamicEntry(name, a.version, a.raw, a.updated_at, name in pending)
+                for name, a in sorted(dict(store).items())]
+        return view
 
     # --- start-up -------------------------------------------------------------------------
 

@@ -90,6 +90,9 @@ class Target:
     on_shutdown: Callable[[], None] | None = None
     health_calls: list[bool] = field(default_factory=list)
 
+    def dynamic_view(self) -> None:
+        return None                     # no xDS here; tests/xds covers the dynamic sections
+
     def request_shutdown(self) -> None:
         self.shutdowns += 1
         if self.on_shutdown is not None:
@@ -317,7 +320,10 @@ def test_config_dump_resource_mask_and_name_regex(run: Callable[..., Any]) -> No
     assert 'paths: "cluster.bogus"' in r["bad_resource_mask"].text
     assert r["bad_regex"].status == 400
     assert r["bad_regex"].text.startswith("INVALID_ARGUMENT: Error while parsing name_regex from (")
-    assert r["eds"].status == 400 and "include_eds" in r["eds"].text   # refused, not ignored
+    eds = [c for c in r["eds"].json()["configs"]
+           if c["@type"] == "type.googleapis.com/envoy.admin.v3.EndpointsConfigDump"]
+    assert [e["endpoint_config"]["cluster_name"] for e in eds[0]["static_endpoint_configs"]] == [
+        "another", "backend"]
 
 
 # --- /stats, /stats/prometheus ------------------------------------------------------

@@ -319,3 +319,36 @@ def test_listener_update_drains_old_connections_on_the_old_config(upstream: Upst
         assert (response.status, response.read()) == (200, b"slow")
         assert response.getheader("connection") == "close"     # drained after it
         old.close()
+
+
+def test_config_dump_shows_dynamic_resources(upstream: Upstream) -> None:
+    """Envoy's ConfigDump shape: dynamic_active_clusters, dynamic_listeners, dynamic_route_configs,
+    and with ?include_eds the endpoint configs, each with version_info and last_updated."""
+    from contextlib import ExitStack
+    import json
+    port = free_port()
+    with ScriptedAds() as ads, ExitStack() as stack:
+        s = start_session(ads, upstream, False, port, stack)
+        status, body = s.proxy.admin("/config_dump?include_eds")
+        assert status == 200
+        dumps = {c["@type"].rsplit(".", 1)[-1]: c for c in json.loads(body)["configs"]}
+        clusters = dumps["ClustersConfigDump"]
+        assert [c["cluster"]["name"] for c in clusters["static_clusters"]] == ["xds"]
+        [active] = clusters["dynamic_active_clusters"]
+        assert active["version_info"] == "c1" and active["cluster"]["name"] == "backend"
+        assert active["cluster"]["@type"].endswith("envoy.config.cluster.v3.Cluster")
+        assert active["last_updated"].endswith("Z")
+        assert clusters["version_info"] == "c1"
+        [listener] = dumps["ListenersConfigDump"]["dynamic_listeners"]
+        assert listener["name"] == "ingress"
+        assert listener["active_state"]["version_info"] == "l1"
+        assert listener["active_state"]["listener"]["address"]["socket_address"]["port_value"] == port
+        [routes] = dumps["RoutesConfigDump"]["dynamic_route_configs"]
+        assert (routes["version_info"], routes["route_config"]["name"]) == ("r1", "routes")
+        [eds] = dumps["EndpointsConfigDump"]["dynamic_endpoint_configs"]
+        assert eds["version_info"] == "e1" and eds["endpoint_config"]["cluster_name"] == "backend"
+        # A cluster waiting for its endpoints is listed as warming.
+        nonce = s.send(CLUSTER, "c2", [eds_cluster("backend"), eds_cluster("later")])
+        s.ack(CLUSTER, nonce, "c2")
+        _, body = s.proxy.admin("/config_dump?resource=dynamic_warming_clusters")
+        assert [c["cluster"]["name"] for c in json.loads(body)["configs"]] == ["later"]

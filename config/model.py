@@ -184,6 +184,7 @@ class HttpConnectionManager:
     route_config: RouteConfig | None            # None: the route config comes over RDS
     http_filters: tuple[HttpFilterConfig, ...]
     rds_route_config_name: str = ""             # set with route_config None
+    rds_config_source: ConfigSource | None = None
     codec_type: str = "AUTO"                    # AUTO | HTTP1
     use_remote_address: bool = False
     xff_num_trusted_hops: int = 0
@@ -266,14 +267,15 @@ class Cluster:
     dns_lookup_family: str = "AUTO"             # AUTO | V4_ONLY | V6_ONLY | V4_PREFERRED | ALL
     healthy_panic_threshold: float = 50.0       # percent; 0 disables panic routing
     eds_service_name: str = ""                  # EDS: the ClusterLoadAssignment to ask for
+    eds_config_source: ConfigSource | None = None
     http2: bool = False                         # a gRPC service target (xDS); not routable yet
 
 
 # --- bootstrap -------------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
-class AdsConfig:
-    """Where the aggregated discovery service is and which variant it speaks."""
+class GrpcService:
+    """An xDS management server and the variant it speaks (ads_config or an api_config_source)."""
     delta: bool                                 # DELTA_GRPC (else GRPC, State of the World)
     cluster_name: str = ""                      # envoy_grpc: a static cluster
     target_uri: str = ""                        # google_grpc
@@ -281,10 +283,18 @@ class AdsConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class ConfigSource:
+    """Where one resource type comes from: the ADS stream, its own gRPC stream, or a file."""
+    ads: bool = False
+    grpc: GrpcService | None = None             # api_config_source (non-aggregated)
+    path: str = ""                              # path_config_source: a DiscoveryResponse file
+
+
+@dataclass(frozen=True, slots=True)
 class DynamicResources:
-    ads: AdsConfig
-    lds: bool                                   # lds_config: {ads: {}}
-    cds: bool                                   # cds_config: {ads: {}}
+    ads: GrpcService | None                     # ads_config
+    lds: ConfigSource | None
+    cds: ConfigSource | None
     # How long start-up waits for the first LDS and CDS answers (the larger of the
     # two sources' initial_fetch_timeout; Envoy's default 15 s; 0 waits forever).
     initial_fetch_timeout: float = 15.0

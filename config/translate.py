@@ -53,19 +53,16 @@ class Translator(RouteTranslator, ClusterTranslator):
         self.unique((c.name for c in clusters), "static_resources.clusters", "cluster")
         self.unique((l.name for l in listeners), "static_resources.listeners", "listener")
         self.validate_route_clusters(sr.listeners, {c.name for c in clusters})
+        by_name = {c.name: c for c in clusters}
         dynamic = None
         if bs.HasField("dynamic_resources"):
-            dynamic = self.dynamic_resources(bs.dynamic_resources, "dynamic_resources",
-                                             {c.name: c for c in clusters})
-        else:
-            for i, c in enumerate(clusters):
-                if c.type == "EDS":
-                    self.error(f"static_resources.clusters[{i}].eds_cluster_config",
-                               "EDS needs dynamic_resources.ads_config")
-            for i, l in enumerate(listeners):
-                nf = l.filter_chain.filter
-                if isinstance(nf, model.HttpConnectionManager) and nf.rds_route_config_name:
-                    self.error(f"static_resources.listeners[{i}]", "rds needs dynamic_resources.ads_config")
+            dynamic = self.dynamic_resources(bs.dynamic_resources, "dynamic_resources", by_name)
+        # Static EDS clusters and RDS listeners name their own config sources.
+        sources = [c.eds_config_source for c in clusters if c.eds_config_source is not None]
+        sources += [l.filter_chain.filter.rds_config_source for l in listeners
+                    if isinstance(l.filter_chain.filter, model.HttpConnectionManager)
+                    and l.filter_chain.filter.rds_config_source is not None]
+        self.check_grpc_targets("static_resources", dynamic.ads if dynamic else None, sources, by_name)
         if self.errors:
             return None
         return model.Snapshot(node=node, admin=admin, listeners=tuple(listeners),
@@ -73,61 +70,34 @@ class Translator(RouteTranslator, ClusterTranslator):
 
     def dynamic_resources(self, dr: Message, path: str, static_clusters: dict[str, model.Cluster]
                           ) -> model.DynamicResources | None:
-        """LDS and CDS over ADS (the only config sources sidecar speaks yet)."""
         self.only(dr, path, ("lds_config", "cds_config", "ads_config"))
-        if not dr.HasField("ads_config"):
-            self.error(f"{path}.ads_config", "dynamic resources need ads_config (per-type gRPC "
-                       "subscriptions and path_config_source are not supported yet)")
-            return None
-        ads = self.ads_config(dr.ads_config, f"{path}.ads_config", static_clusters)
+        ads = None
+        if dr.HasField("ads_config"):
+            ads = self.grpc_service(dr.ads_config, f"{path}.ads_config")
+        sources: dict[str, model.ConfigSource] = {}
         timeouts = []
         for field in ("lds_config", "cds_config"):
             if dr.HasField(field):
-                source = getattr(dr, field)
-                self.ads_source(source, f"{path}.{field}")
-                timeouts.append(optional_timeout(source, "initial_fetch_timeout", 15.0))
-        if ads is None:
-            return None
+                sources[field] = self.config_source(getattr(dr, field), f"{path}.{field}", files=True)
+                timeouts.append(optional_timeout(getattr(dr, field), "initial_fetch_timeout", 15.0))
+        self.check_grpc_targets(path, ads, sources.values(), static_clusters)
         timeout = 0.0 if None in timeouts else max([t for t in timeouts if t is not None] or [15.0])
-        return model.DynamicResources(ads=ads, lds=dr.HasField("lds_config"),
-                                      cds=dr.HasField("cds_config"), initial_fetch_timeout=timeout)
+        return model.DynamicResources(ads=ads, lds=sources.get("lds_config"),
+                                      cds=sources.get("cds_config"), initial_fetch_timeout=timeout)
 
-    def ads_config(self, api: Message, path: str, static_clusters: dict[str, model.Cluster]
-                   ) -> model.AdsConfig | None:
-        self.only(api, path, ("api_type", "transport_api_version", "grpc_services",
-                              "set_node_on_first_message_only"))
-        kind = {2: "GRPC", 3: "DELTA_GRPC"}.get(api.api_type)
-        if kind is None:
-            self.error(f"{path}.api_type", "ads_config api_type must be GRPC or DELTA_GRPC")
-        if api.transport_api_version == 1:
-            self.error(f"{path}.transport_api_version", "must be V3")
-        if len(api.grpc_services) != 1:
-            self.error(f"{path}.grpc_services", "exactly one grpc_service is supported")
-            return None
-        service, sp = api.grpc_services[0], f"{path}.grpc_services[0]"
-        self.only(service, sp, ("envoy_grpc", "google_grpc", "timeout"))
-        cluster_name = target_uri = ""
-        if service.HasField("envoy_grpc"):
-            self.only(service.envoy_grpc, f"{sp}.envoy_grpc", ("cluster_name",))
-            cluster_name = service.envoy_grpc.cluster_name
-            cluster = static_clusters.get(cluster_name)
-            if cluster is None:
-                self.error(f"{sp}.envoy_grpc.cluster_name",
-                           f"unknown static cluster {cluster_name!r}")
-            elif not cluster.endpoints:
-                self.error(f"{sp}.envoy_grpc.cluster_name", f"cluster {cluster_name!r} has no endpoints")
-        elif service.HasField("google_grpc"):
-            self.only(service.google_grpc, f"{sp}.google_grpc", ("target_uri", "stat_prefix"))
-            target_uri = service.google_grpc.target_uri
-            if not target_uri:
-                self.error(f"{sp}.google_grpc.target_uri", "value length must be at least 1 characters")
-        else:
-            self.error(sp, "one of envoy_grpc or google_grpc is required")
-        if kind is None:
-            return None
-        return model.AdsConfig(delta=kind == "DELTA_GRPC", cluster_name=cluster_name,
-                               target_uri=target_uri,
-                               set_node_on_first_message_only=api.set_node_on_first_message_only)
+    def check_grpc_targets(self, path: str, ads: model.GrpcService | None,
+                           sources: Iterable[model.ConfigSource],
+                           static_clusters: dict[str, model.Cluster]) -> None:
+        """An envoy_grpc service must name a static cluster with an endpoint; ads needs ads_config."""
+        services = [ads] + [s.grpc for s in sources]
+        for service in services:
+            if service is not None and service.cluster_name:
+                cluster = static_clusters.get(service.cluster_name)
+                if cluster is None or not cluster.endpoints:
+                    self.error(path, f"gRPC service cluster {service.cluster_name!r} must be a "
+                               "static cluster with an endpoint")
+        if ads is None and any(s.ads for s in sources):
+            self.error(f"{path}.ads_config", "an 'ads: {}' config source needs ads_config")
 
     def unique(self, names: Iterable[str], path: str, kind: str) -> None:
         seen: set[str] = set()
@@ -217,9 +187,10 @@ class Translator(RouteTranslator, ClusterTranslator):
             self.error(f"{path}.stat_prefix", "value length must be at least 1 characters")
         route_config: model.RouteConfig | None = None
         rds_name = ""
+        rds_source = None
         if hcm.HasField("rds"):
             self.only(hcm.rds, f"{path}.rds", ("config_source", "route_config_name"))
-            self.ads_source(hcm.rds.config_source, f"{path}.rds.config_source")
+            rds_source = self.config_source(hcm.rds.config_source, f"{path}.rds.config_source")
             rds_name = hcm.rds.route_config_name
             if not rds_name:
                 self.error(f"{path}.rds.route_config_name", "value length must be at least 1 characters")
@@ -241,6 +212,7 @@ class Translator(RouteTranslator, ClusterTranslator):
             return None
         return model.HttpConnectionManager(
             stat_prefix=hcm.stat_prefix, route_config=route_config, rds_route_config_name=rds_name,
+            rds_config_source=rds_source,
             http_filters=http_filters, codec_type=codec,
             use_remote_address=wrapped(hcm, "use_remote_address", False),
             xff_num_trusted_hops=hcm.xff_num_trusted_hops,

@@ -108,10 +108,61 @@ class TranslatorBase:
             self.error(f"{p}.port_value", "value must be less than or equal to 65535")
         return model.SocketAddress(sa.address, sa.port_value, sa.ipv4_compat)
 
-    def ads_source(self, source: Message, path: str) -> None:
-        """A ConfigSource that must say ``ads: {}`` (with resource_api_version V3)."""
-        self.only(source, path, ("ads", "resource_api_version", "initial_fetch_timeout"))
-        if not source.HasField("ads"):
-            self.error(path, "only 'ads: {}' config sources are supported yet")
+    def config_source(self, source: Message, path: str, files: bool = False) -> model.ConfigSource:
+        """A ConfigSource: ``ads: {}``, an ``api_config_source`` (GRPC or DELTA_GRPC) or, where
+        ``files`` (LDS and CDS), a ``path_config_source``."""
+        self.only(source, path, ("ads", "api_config_source", "path", "path_config_source",
+                                 "resource_api_version", "initial_fetch_timeout"))
         if source.resource_api_version == 1:
             self.error(f"{path}.resource_api_version", "must be V3")
+        which = source.WhichOneof("config_source_specifier")
+        if which == "ads":
+            return model.ConfigSource(ads=True)
+        if which == "api_config_source":
+            grpc = self.grpc_service(source.api_config_source, f"{path}.api_config_source")
+            return model.ConfigSource(grpc=grpc)
+        if which in ("path", "path_config_source") and files:
+            if which == "path":
+                file = source.path
+            else:
+                self.only(source.path_config_source, f"{path}.path_config_source", ("path",))
+                file = source.path_config_source.path
+            if not file:
+                self.error(f"{path}.{which}", "value length must be at least 1 characters")
+            return model.ConfigSource(path=file)
+        self.error(path, f"{which or 'no config source'} is not supported here yet "
+                   f"(ads, api_config_source{', path_config_source' if files else ''})")
+        return model.ConfigSource(ads=True)
+
+    def grpc_service(self, api: Message, path: str) -> model.GrpcService | None:
+        """ads_config or an api_config_source: GRPC or DELTA_GRPC to one gRPC service."""
+        self.only(api, path, ("api_type", "transport_api_version", "grpc_services",
+                              "set_node_on_first_message_only"))
+        kind = {2: "GRPC", 3: "DELTA_GRPC"}.get(api.api_type)
+        if kind is None:
+            self.error(f"{path}.api_type", "api_type must be GRPC or DELTA_GRPC")
+        if api.transport_api_version == 1:
+            self.error(f"{path}.transport_api_version", "must be V3")
+        if len(api.grpc_services) != 1:
+            self.error(f"{path}.grpc_services", "exactly one grpc_service is supported")
+            return None
+        service, sp = api.grpc_services[0], f"{path}.grpc_services[0]"
+        self.only(service, sp, ("envoy_grpc", "google_grpc", "timeout"))
+        cluster_name = target_uri = ""
+        if service.HasField("envoy_grpc"):
+            self.only(service.envoy_grpc, f"{sp}.envoy_grpc", ("cluster_name",))
+            cluster_name = service.envoy_grpc.cluster_name
+            if not cluster_name:
+                self.error(f"{sp}.envoy_grpc.cluster_name", "value length must be at least 1 characters")
+        elif service.HasField("google_grpc"):
+            self.only(service.google_grpc, f"{sp}.google_grpc", ("target_uri", "stat_prefix"))
+            target_uri = service.google_grpc.target_uri
+            if not target_uri:
+                self.error(f"{sp}.google_grpc.target_uri", "value length must be at least 1 characters")
+        else:
+            self.error(sp, "one of envoy_grpc or google_grpc is required")
+        if kind is None:
+            return None
+        return model.GrpcService(delta=kind == "DELTA_GRPC", cluster_name=cluster_name,
+                                 target_uri=target_uri,
+                                 set_node_on_first_message_only=api.set_node_on_first_message_only)

@@ -28,10 +28,11 @@ class ClusterTranslator(TranslatorBase):
             self.error(f"{path}.type", "only STATIC, STRICT_DNS and EDS clusters are supported yet")
             return None
         eds_service_name = ""
+        eds_source = None
         if ctype == "EDS":
             eds = c.eds_cluster_config
             self.only(eds, f"{path}.eds_cluster_config", ("eds_config", "service_name"))
-            self.ads_source(eds.eds_config, f"{path}.eds_cluster_config.eds_config")
+            eds_source = self.config_source(eds.eds_config, f"{path}.eds_cluster_config.eds_config")
             eds_service_name = eds.service_name or c.name
         elif c.HasField("eds_cluster_config"):
             self.error(f"{path}.eds_cluster_config", "only EDS clusters take eds_cluster_config")
@@ -68,7 +69,7 @@ class ClusterTranslator(TranslatorBase):
             dns_refresh_rate=(seconds(c.dns_refresh_rate)
                               if c.HasField("dns_refresh_rate") else 5.0),
             dns_lookup_family=family, healthy_panic_threshold=panic,
-            eds_service_name=eds_service_name, http2=http2)
+            eds_service_name=eds_service_name, eds_config_source=eds_source, http2=http2)
 
     def upstream_http_options(self, c: Message, path: str) -> tuple[float | None, int, bool]:
         """Idle timeout, max requests per pooled connection (from either place Envoy reads

@@ -24,8 +24,9 @@ from sidecar.http.access_log import AccessLogs
 from sidecar.listener.manager import ListenerManager
 from sidecar.stats import StatsStore
 from sidecar.upstream.cluster import ClusterManager
-from sidecar.xds.client import CLUSTER, LISTENER, AdsClient
+from sidecar.xds.client import CLUSTER, LISTENER
 from sidecar.xds.dynamic import DynamicConfig, listener_rds_name
+from sidecar.xds.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -79,31 +80,37 @@ class Server:
         for listener in self.snapshot.listeners:
             if listener_rds_name(listener) == "":
                 await self.listener_manager.add(listener)
-        if self.snapshot.dynamic is not None:
-            await self._start_xds(self.snapshot.dynamic)
+        if self.snapshot.dynamic is not None or any(
+                c.type == "EDS" for c in self.snapshot.clusters) or any(
+                listener_rds_name(l) for l in self.snapshot.listeners):
+            await self._start_xds()
         self.state = "LIVE"
         self.stats.server.live = 1
         self.stats.server.state = 0
         log.info("sidecar is LIVE: %d listeners, %d clusters, hot path %s", len(self.snapshot.listeners),
                  len(self.snapshot.clusters), native.state)
 
-    async def _start_xds(self, config: model.DynamicResources) -> None:
-        """Open the ADS stream and wait (up to initial_fetch_timeout) for the first config."""
+    async def _start_xds(self) -> None:
+        """Subscribe to what the config gets over xDS; wait (bounded) for the first of it."""
         self.dynamic = dynamic = DynamicConfig(self.cluster_manager, self.listener_manager,
                                                self.snapshot)
-        wildcard = tuple(t for t, wanted in ((CLUSTER, config.cds), (LISTENER, config.lds)) if wanted)
         node = node_pb2.Node()
         node.CopyFrom(self.bootstrap.node)
         node.user_agent_name = node.user_agent_name or "sidecar"
-        client = AdsClient(ads_target(config.ads, self.snapshot), node, config.ads.delta, dynamic,
-                           wildcard, config.ads.set_node_on_first_message_only)
-        dynamic.client = client
-        dynamic.expect(set(wildcard))
+        dynamic.subscriptions = subscriptions = Subscriptions(node, dynamic, self.snapshot)
+        config = self.snapshot.dynamic
+        wildcard = {CLUSTER: config.cds, LISTENER: config.lds} if config is not None else {}
+        for type_url, source in wildcard.items():        # CDS first, as Envoy
+            if source is not None:
+                subscriptions.wildcard(type_url, source)
+        for cluster in self.snapshot.clusters:
+            if cluster.type == "EDS":
+                dynamic.add_static_eds_cluster(cluster)
         for listener in self.snapshot.listeners:
             if listener_rds_name(listener):
                 dynamic.add_static_rds_listener(listener)
-        client.start()
-        timeout = config.initial_fetch_timeout or None
+        dynamic.expect({t for t, source in wildcard.items() if source is not None})
+        timeout = (config.initial_fetch_timeout if config is not None else 15.0) or None
         try:
             await asyncio.wait_for(dynamic.initialized.wait(), timeout)
         except TimeoutError:
@@ -127,20 +134,10 @@ class Server:
         deadline = time.monotonic() + self.drain_time
         while self.listener_manager.open_connections() and time.monotonic() < deadline:
             await asyncio.sleep(0.05)
-        if self.dynamic is not None and self.dynamic.client is not None:
-            await self.dynamic.client.stop()
+        if self.dynamic is not None and self.dynamic.subscriptions is not None:
+            await self.dynamic.subscriptions.stop()
         self.cluster_manager.close()
         self.listener_manager.access_logs.close()
         if self.admin is not None:
             self.admin.close()
 
-
-def ads_target(ads: model.AdsConfig, snapshot: model.Snapshot) -> str:
-    """The gRPC target: google_grpc's target_uri, or the envoy_grpc cluster's first endpoint."""
-    if ads.target_uri:
-        return ads.target_uri
-    cluster = snapshot.cluster(ads.cluster_name)
-    assert cluster is not None and cluster.endpoints, "checked by the translator"
-    address = cluster.endpoints[0].address
-    host = f"[{address.address}]" if address.is_ipv6 else address.address
-    return f"{host}:{address.port}"

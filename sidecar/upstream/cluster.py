@@ -183,6 +183,8 @@ class ClusterManager:
     async def start(self, clusters: tuple[model.Cluster, ...], init_timeout: float = 15.0) -> None:
         """Create every cluster and wait (bounded) for the first DNS answers, as Envoy's init."""
         for c in clusters:
+            if c.type == "EDS":
+                continue        # warms in sidecar/xds/dynamic.py until its endpoints arrive
             if c.http2:
                 log.info("cluster %s speaks HTTP/2: used for gRPC services (xDS) only; "
                          "HTTP routed to it gets 503 until HTTP/2 upstreams land", c.name)

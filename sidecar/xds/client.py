@@ -1,4 +1,4 @@
-"""The ADS stream: State of the World and Delta xDS over one grpc.aio channel.
+"""One xDS gRPC stream: State of the World or Delta, aggregated (ADS) or for one type.
 
 This module owns the protocol (what to request, when to ACK or NACK, what to
 resend after a reconnect); what the resources mean is the handler's business
@@ -29,7 +29,11 @@ from dataclasses import dataclass, field
 from typing import Any, Protocol
 
 import grpc
+from envoy.service.cluster.v3 import cds_pb2_grpc
 from envoy.service.discovery.v3 import ads_pb2_grpc, discovery_pb2
+from envoy.service.endpoint.v3 import eds_pb2_grpc
+from envoy.service.listener.v3 import lds_pb2_grpc
+from envoy.service.route.v3 import rds_pb2_grpc
 from google.protobuf import any_pb2
 
 log = logging.getLogger(__name__)
@@ -42,6 +46,16 @@ WILDCARD_TYPES = (CLUSTER, LISTENER)     # subscribed first, in Envoy's order: C
 
 # Larger responses are refused by grpc (RESOURCE_EXHAUSTED) and the stream retried.
 MAX_MESSAGE_BYTES = 64 * 1024 * 1024
+
+# The stub and its (SotW, Delta) methods: the aggregated service, or one type's own.
+AGGREGATED = (ads_pb2_grpc.AggregatedDiscoveryServiceStub,
+              "StreamAggregatedResources", "DeltaAggregatedResources")
+PER_TYPE = {
+    CLUSTER: (cds_pb2_grpc.ClusterDiscoveryServiceStub, "StreamClusters", "DeltaClusters"),
+    LISTENER: (lds_pb2_grpc.ListenerDiscoveryServiceStub, "StreamListeners", "DeltaListeners"),
+    ROUTE: (rds_pb2_grpc.RouteDiscoveryServiceStub, "StreamRoutes", "DeltaRoutes"),
+    ENDPOINT: (eds_pb2_grpc.EndpointDiscoveryServiceStub, "StreamEndpoints", "DeltaEndpoints"),
+}
 
 
 class Handler(Protocol):
@@ -76,11 +90,15 @@ class Backoff:
         self.attempt = 0
 
 
-class AdsClient:
+class XdsClient:
+    """A stream for every type it is given (ADS), or for the one type of ``per_type``."""
+
     def __init__(self, target: str, node: Any, delta: bool, handler: Handler,
                  wildcard_types: tuple[str, ...] = WILDCARD_TYPES,
-                 set_node_on_first_message_only: bool = False) -> None:
+                 set_node_on_first_message_only: bool = False,
+                 per_type: str | None = None) -> None:
         self.target = target
+        self.service = AGGREGATED if per_type is None else PER_TYPE[per_type]
         self.node = node
         self.delta = delta
         self.handler = handler
@@ -117,7 +135,7 @@ class AdsClient:
             self.queue.put_nowait(self._request(state))
 
     def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.run(), name="xds:ads")
+        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"xds:{self.target}")
 
     async def stop(self) -> None:
         if self._task is not None:
@@ -151,7 +169,8 @@ class AdsClient:
     async def _stream_once(self) -> None:
         options = [("grpc.max_receive_message_length", MAX_MESSAGE_BYTES)]
         async with grpc.aio.insecure_channel(self.target, options=options) as channel:
-            stub = ads_pb2_grpc.AggregatedDiscoveryServiceStub(channel)
+            stub_class, sotw_method, delta_method = self.service
+            stub = stub_class(channel)
             queue: asyncio.Queue[Any] = asyncio.Queue()
             self._node_sent = False
             for state in self.types.values():
@@ -159,8 +178,7 @@ class AdsClient:
                 state.sent_names = None
                 if state.names is None or state.names:
                     queue.put_nowait(self._request(state, initial=True))
-            open_stream: Callable[..., Any] = (stub.DeltaAggregatedResources if self.delta
-                                               else stub.StreamAggregatedResources)
+            open_stream: Callable[..., Any] = getattr(stub, delta_method if self.delta else sotw_method)
             call = open_stream(_drain(queue))
             self.queue = queue
             try:

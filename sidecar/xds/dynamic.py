@@ -25,9 +25,10 @@ from typing import Any
 from config import model
 from sidecar.http.context import HcmContext
 from sidecar.http.route_table import RouteTable
-from sidecar.xds.client import CLUSTER, ENDPOINT, LISTENER, ROUTE, AdsClient
+from sidecar.xds.client import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from sidecar.admin.config_dump import DynamicEntry, DynamicView
 from sidecar.xds.resources import KIND, translate
+from sidecar.xds.subscriptions import Subscriptions
 
 log = logging.getLogger(__name__)
 
@@ -47,19 +48,21 @@ class DynamicConfig:
         self.listener_manager = listener_manager
         self.static_clusters = {c.name for c in static.clusters}
         self.static_listeners = {l.name for l in static.listeners}
-        self.client: AdsClient | None = None
+        self.subscriptions: Subscriptions | None = None
         self.resources: dict[str, dict[str, Applied]] = {LISTENER: {}, ROUTE: {}, CLUSTER: {}, ENDPOINT: {}}
         self.warming_clusters: dict[str, model.Cluster] = {}
         self.warming_listeners: dict[str, model.Listener] = {}
         self.answered: set[str] = set()             # types with an accepted response
         # Types whose first answer (and the warming it starts) start-up waits for.
-        self.pending: set[str] = set()
+        self.pending: set[str] = {CLUSTER, LISTENER}
+        self.waits_for: set[str] = set()            # of CDS and LDS, those configured
         self.initialized = asyncio.Event()
 
     def expect(self, type_urls: set[str]) -> None:
-        self.pending = set(type_urls)
-        if not self.pending:
-            self.initialized.set()
+        """Start-up is done when these wildcard types answered and nothing warms."""
+        self.waits_for = set(type_urls)
+        self._check_initialized(CLUSTER)
+        self._check_initialized(LISTENER)
 
     # --- the ADS client's Handler -------------------------------------------------------
 
@@ -135,12 +138,20 @@ class DynamicConfig:
                     runtime.set_endpoints(endpoints)
         return None
 
+    def add_static_eds_cluster(self, cluster: model.Cluster) -> None:
+        """A static cluster whose endpoints come over EDS: it warms like a dynamic one."""
+        self.warming_clusters[cluster.name] = cluster
+        self._subscribe_endpoints()
+
     def _subscribe_endpoints(self) -> None:
-        names = {c.config.eds_service_name for c in self.cluster_manager.clusters.values()
-                 if c.config.type == "EDS"}
-        names |= {c.eds_service_name for c in self.warming_clusters.values()}
-        if self.client is not None:
-            self.client.subscribe(ENDPOINT, names)
+        clusters = [c.config for c in self.cluster_manager.clusters.values()]
+        clusters += self.warming_clusters.values()
+        wanted: dict[model.ConfigSource, set[str]] = {}
+        for cluster in clusters:
+            if cluster.type == "EDS" and cluster.eds_config_source is not None:
+                wanted.setdefault(cluster.eds_config_source, set()).add(cluster.eds_service_name)
+        if self.subscriptions is not None:
+            self.subscriptions.names(ENDPOINT, wanted)
 
     # --- LDS and RDS ----------------------------------------------------------------------
 
@@ -194,11 +205,15 @@ class DynamicConfig:
         self._subscribe_routes()
 
     def _subscribe_routes(self) -> None:
-        names = {listener_rds_name(a.config) for a in self.listener_manager.listeners.values()}
-        names |= {listener_rds_name(l) for l in self.warming_listeners.values()}
-        names.discard("")
-        if self.client is not None:
-            self.client.subscribe(ROUTE, names)
+        listeners = [a.config for a in self.listener_manager.listeners.values()]
+        listeners += self.warming_listeners.values()
+        wanted: dict[model.ConfigSource, set[str]] = {}
+        for listener in listeners:
+            nf = listener.filter_chain.filter
+            if isinstance(nf, model.HttpConnectionManager) and nf.rds_config_source is not None:
+                wanted.setdefault(nf.rds_config_source, set()).add(nf.rds_route_config_name)
+        if self.subscriptions is not None:
+            self.subscriptions.names(ROUTE, wanted)
 
     def view(self) -> DynamicView:
         """What /config_dump shows: every accepted resource, warming ones marked.
@@ -217,11 +232,11 @@ class DynamicConfig:
     # --- start-up -------------------------------------------------------------------------
 
     def _check_initialized(self, type_url: str) -> None:
-        """CDS is in once answered with no cluster warming; LDS likewise with listeners."""
+        """CDS is in once answered (if configured) with no cluster warming; LDS likewise."""
         if type_url in (CLUSTER, ENDPOINT):
-            if CLUSTER in self.answered and not self.warming_clusters:
+            if (CLUSTER not in self.waits_for or CLUSTER in self.answered) and not self.warming_clusters:
                 self.pending.discard(CLUSTER)
-        elif LISTENER in self.answered and not self.warming_listeners:
+        elif (LISTENER not in self.waits_for or LISTENER in self.answered) and not self.warming_listeners:
             self.pending.discard(LISTENER)
         if not self.pending:
             self.initialized.set()

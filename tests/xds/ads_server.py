@@ -25,6 +25,13 @@ LISTENER = "type.googleapis.com/envoy.config.listener.v3.Listener"
 ROUTE = "type.googleapis.com/envoy.config.route.v3.RouteConfiguration"
 ENDPOINT = "type.googleapis.com/envoy.config.endpoint.v3.ClusterLoadAssignment"
 _CLOSE = object()
+# Per-type discovery services (full gRPC service name -> SotW and Delta method names).
+PER_TYPE_METHODS = {
+    "envoy.service.cluster.v3.ClusterDiscoveryService": ("StreamClusters", "DeltaClusters"),
+    "envoy.service.listener.v3.ListenerDiscoveryService": ("StreamListeners", "DeltaListeners"),
+    "envoy.service.route.v3.RouteDiscoveryService": ("StreamRoutes", "DeltaRoutes"),
+    "envoy.service.endpoint.v3.EndpointDiscoveryService": ("StreamEndpoints", "DeltaEndpoints"),
+}
 
 
 def pack(type_url: str, resource: dict[str, Any]) -> any_pb2.Any:
@@ -39,8 +46,9 @@ def pack(type_url: str, resource: dict[str, Any]) -> any_pb2.Any:
 class Stream:
     """One ADS stream: the requests received, and a queue of responses to send."""
 
-    def __init__(self, delta: bool) -> None:
+    def __init__(self, delta: bool, service: str = "AggregatedDiscoveryService") -> None:
         self.delta = delta
+        self.service = service
         self.requests: queue.Queue[Any] = queue.Queue()
         self.held: list[Any] = []          # received, not yet taken by the test
         self.outbox: queue.Queue[Any] = queue.Queue()
@@ -110,11 +118,28 @@ class Stream:
 
 
 class ScriptedAds(ads_pb2_grpc.AggregatedDiscoveryServiceServicer):
+    """Serves ADS and, for per-type subscriptions (api_config_source), CDS/LDS/RDS/EDS too:
+    every stream of any service lands in ``streams`` with its ``service`` name."""
+
     def __init__(self) -> None:
         self.streams: queue.Queue[Stream] = queue.Queue()
-        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=16))
+        self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=32))
         ads_pb2_grpc.add_AggregatedDiscoveryServiceServicer_to_server(self, self.server)
+        for service, (sotw, delta) in PER_TYPE_METHODS.items():
+            handlers = {sotw: self._handler(service, delta=False), delta: self._handler(service, delta=True)}
+            self.server.add_generic_rpc_handlers((grpc.method_handlers_generic_handler(service, handlers),))
         self.port = self.server.add_insecure_port("127.0.0.1:0")
+
+    def _handler(self, service: str, delta: bool) -> grpc.RpcMethodHandler:
+        request_class = discovery_pb2.DeltaDiscoveryRequest if delta else discovery_pb2.DiscoveryRequest
+
+        def serve(request_iterator: Any, context: Any) -> Any:
+            stream = Stream(delta=delta, service=service)
+            self.streams.put(stream)
+            yield from stream.serve(request_iterator, context)
+        return grpc.stream_stream_rpc_method_handler(
+            serve, request_deserializer=request_class.FromString,
+            response_serializer=lambda m: m.SerializeToString())
 
     def __enter__(self) -> ScriptedAds:
         self.server.start()

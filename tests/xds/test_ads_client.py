@@ -56,11 +56,12 @@ def assignment(name: str, *ports: int) -> dict[str, Any]:
         {"endpoint": {"address": address(p)}} for p in ports]}]}
 
 
-def rds_listener(name: str, port: int, route_name: str) -> dict[str, Any]:
+def rds_listener(name: str, port: int, route_name: str,
+                 source: dict[str, Any] = ADS_SOURCE) -> dict[str, Any]:
     return {"name": name, "address": address(port), "filter_chains": [{"filters": [{
         "name": "envoy.filters.network.http_connection_manager",
         "typed_config": {"@type": HCM, "stat_prefix": name,
-                         "rds": {"route_config_name": route_name, "config_source": ADS_SOURCE},
+                         "rds": {"route_config_name": route_name, "config_source": source},
                          "http_filters": [{"name": "envoy.filters.http.router",
                                            "typed_config": {"@type": ROUTER}}]}}]}]}
 
@@ -352,3 +353,18 @@ def test_config_dump_shows_dynamic_resources(upstream: Upstream) -> None:
         s.ack(CLUSTER, nonce, "c2")
         _, body = s.proxy.admin("/config_dump?resource=dynamic_warming_clusters")
         assert [c["cluster"]["name"] for c in json.loads(body)["configs"]] == ["later"]
+
+
+def test_oversized_response_drops_the_stream_not_the_config(upstream: Upstream) -> None:
+    """A response over the client's 64 MiB message limit: grpc refuses it, the stream is
+    re-opened (with the last good versions) and the proxy serves on throughout."""
+    from contextlib import ExitStack
+    port = free_port()
+    with ScriptedAds() as ads, ExitStack() as stack:
+        s = start_session(ads, upstream, False, port, stack)
+        huge = any_pb2.Any(type_url=CLUSTER, value=b"\x0a" + b"\xff" * (65 * 1024 * 1024))
+        s.stream.send_sotw(CLUSTER, "huge", [], packed=[huge])
+        again = ads.next_stream(timeout=15)
+        assert again.next_request(CLUSTER).version_info == "c1"
+        assert request(port, "/after-huge").body == b"v1 /after-huge"
+        assert s.proxy.proc.poll() is None

@@ -71,6 +71,14 @@ class Stream:
             except queue.Empty:
                 pass
 
+    def no_request(self, wait: float = 0.5) -> bool:
+        """True when nothing more arrives within ``wait`` seconds (else the assertion says what did)."""
+        try:
+            self.held.append(self.requests.get(timeout=wait))
+        except queue.Empty:
+            return not self.held
+        raise AssertionError(f"unexpected request: {self.held[-1]}")
+
     def send_sotw(self, type_url: str, version: str, resources: list[Any],
                   packed: list[any_pb2.Any] | None = None) -> str:
         self.nonce += 1

@@ -368,3 +368,61 @@ def test_oversized_response_drops_the_stream_not_the_config(upstream: Upstream) 
         assert again.next_request(CLUSTER).version_info == "c1"
         assert request(port, "/after-huge").body == b"v1 /after-huge"
         assert s.proxy.proc.poll() is None
+
+
+def test_updates_keep_pooled_connections_and_in_flight_requests(upstream: Upstream) -> None:
+    """A CDS update of a cluster keeps its warm upstream connections; an EDS update that
+    moves traffic lets the request in flight to the old endpoint finish."""
+    from contextlib import ExitStack
+    import http.client
+    port = free_port()
+    with ScriptedAds() as ads, ExitStack() as stack:
+        s = start_session(ads, upstream, False, port, stack)
+        assert request(port, "/warm").status == 200
+        connections = upstream.connections
+        changed = {**eds_cluster("backend"), "connect_timeout": "2s"}
+        nonce = s.send(CLUSTER, "c2", [changed])
+        s.ack(CLUSTER, nonce, "c2")
+        for i in range(5):
+            assert request(port, f"/after-cds/{i}").status == 200
+        assert upstream.connections == connections          # the pooled connection was reused
+
+        with Upstream(lambda r: Reply(200, body=b"slow old", delay=1.5)) as slow_old, \
+                Upstream(lambda r: Reply(200, body=b"new")) as new:
+            nonce = s.send(ENDPOINT, "e2", [assignment("backend", slow_old.port)])
+            s.ack(ENDPOINT, nonce, "e2")
+            eventually(lambda: request(port, "/probe").status == 200)
+            in_flight = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            in_flight.request("GET", "/in-flight")
+            time.sleep(0.3)
+            nonce = s.send(ENDPOINT, "e3", [assignment("backend", new.port)])
+            s.ack(ENDPOINT, nonce, "e3")
+            eventually(lambda: request(port, "/moved").body == b"new")
+            response = in_flight.getresponse()
+            assert (response.status, response.read()) == (200, b"slow old")
+            in_flight.close()
+
+
+def test_node_only_on_first_message_when_configured(upstream: Upstream) -> None:
+    with ScriptedAds() as ads:
+        config = ads_bootstrap(ads.port, False)
+        config["dynamic_resources"]["ads_config"]["set_node_on_first_message_only"] = True
+        with ProxyProcess(config, wait_ready=False):
+            stream = ads.next_stream()
+            first = stream.next_request(CLUSTER)
+            assert first.node.id == "sidecar-test"
+            assert not stream.next_request(LISTENER).HasField("node")
+            nonce = stream.send_sotw(CLUSTER, "c1", [eds_cluster("backend")])
+            ack = stream.next_request(CLUSTER)
+            assert is_ack(ack, nonce) and not ack.HasField("node")
+
+
+def test_response_for_an_unsubscribed_type_is_ignored(upstream: Upstream) -> None:
+    from contextlib import ExitStack
+    port = free_port()
+    with ScriptedAds() as ads, ExitStack() as stack:
+        s = start_session(ads, upstream, False, port, stack)
+        stray = "type.googleapis.com/envoy.config.core.v3.TypedExtensionConfig"
+        s.stream.send_sotw(stray, "x1", [], packed=[any_pb2.Any(type_url=stray, value=b"")])
+        assert s.stream.no_request(wait=1.0)
+        assert request(port, "/still").body == b"v1 /still"

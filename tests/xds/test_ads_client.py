@@ -426,3 +426,15 @@ def test_response_for_an_unsubscribed_type_is_ignored(upstream: Upstream) -> Non
         s.stream.send_sotw(stray, "x1", [], packed=[any_pb2.Any(type_url=stray, value=b"")])
         assert s.stream.no_request(wait=1.0)
         assert request(port, "/still").body == b"v1 /still"
+
+
+def test_cli_node_flags_override_the_bootstrap_node() -> None:
+    with ScriptedAds() as ads:
+        config = ads_bootstrap(ads.port, True)
+        config["node"]["metadata"] = {"ISTIO_VERSION": "1.24"}
+        config["node"]["locality"] = {"zone": "boot-zone"}
+        args = ["--service-node", "cli-node", "--service-cluster", "cli-cluster", "--service-zone", "z1"]
+        with ProxyProcess(config, extra_args=args, wait_ready=False):
+            node = ads.next_stream().next_request().node
+            assert (node.id, node.cluster, node.locality.zone) == ("cli-node", "cli-cluster", "z1")
+            assert node.metadata.fields["ISTIO_VERSION"].string_value == "1.24"

@@ -111,9 +111,13 @@ class Server:
                 dynamic.add_static_rds_listener(listener)
         dynamic.expect({t for t, source in wildcard.items() if source is not None})
         timeout = (config.initial_fetch_timeout if config is not None else 15.0) or None
-        try:
-            await asyncio.wait_for(dynamic.initialized.wait(), timeout)
-        except TimeoutError:
+        # A shutdown request (SIGTERM) ends the wait too: it must not sit out the timeout.
+        assert self._stop is not None
+        waits = [asyncio.ensure_future(dynamic.initialized.wait()), asyncio.ensure_future(self._stop.wait())]
+        done, pending = await asyncio.wait(waits, timeout=timeout, return_when=asyncio.FIRST_COMPLETED)
+        for task in pending:
+            task.cancel()
+        if not done:
             log.warning("xDS: no complete initial config after %.0fs (initial_fetch_timeout); "
                         "serving what has arrived", timeout)
 

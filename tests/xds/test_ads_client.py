@@ -438,3 +438,14 @@ def test_cli_node_flags_override_the_bootstrap_node() -> None:
             node = ads.next_stream().next_request().node
             assert (node.id, node.cluster, node.locality.zone) == ("cli-node", "cli-cluster", "z1")
             assert node.metadata.fields["ISTIO_VERSION"].string_value == "1.24"
+
+
+def test_sigterm_while_waiting_for_the_initial_config_exits_promptly() -> None:
+    with ScriptedAds() as ads:
+        with ProxyProcess(ads_bootstrap(ads.port, False), wait_ready=False) as proxy:
+            ads.next_stream()                       # connected; the config never comes
+            assert ready(proxy) == 503
+            started = time.monotonic()
+            proxy.proc.terminate()
+            assert proxy.proc.wait(5) == 0
+            assert time.monotonic() - started < 3    # not the 15 s initial_fetch_timeout

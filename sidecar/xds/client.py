@@ -90,7 +90,27 @@ class Backoff:
         self.attempt = 0
 
 
-class XdsClient:
+class Background:
+    """A config source that runs one task for its life: ``start()``, then ``stop()`` cancels it."""
+
+    _task: asyncio.Task[None] | None = None
+
+    async def run(self) -> None:
+        raise NotImplementedError
+
+    def start(self) -> None:
+        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"xds:{self!r}")
+
+    async def stop(self) -> None:
+        if self._task is not None:
+            self._task.cancel()
+            try:
+                await self._task
+            except asyncio.CancelledError:
+                pass
+
+
+class XdsClient(Background):
     """A stream for every type it is given (ADS), or for the one type of ``per_type``."""
 
     def __init__(self, target: str, node: Any, delta: bool, handler: Handler,
@@ -108,7 +128,6 @@ class XdsClient:
         self.backoff = Backoff()
         self.connected = False
         self._node_sent = False
-        self._task: asyncio.Task[None] | None = None
         # While a response is being applied: the types whose subscription changed.
         # Their requests go after the response's ACK or NACK, so the server sees the
         # verdict first (a request carrying the new nonce would read as an ACK).
@@ -134,16 +153,8 @@ class XdsClient:
         elif self.queue is not None:
             self.queue.put_nowait(self._request(state))
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self.run(), name=f"xds:{self.target}")
-
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
+    def __repr__(self) -> str:
+        return f"{self.target}"
 
     # --- the stream ------------------------------------------------------------------
 

@@ -20,14 +20,14 @@ from envoy.service.discovery.v3 import discovery_pb2
 
 from config.bootstrap import parse_message, read_config_file
 from config.errors import ConfigError, ConfigErrors
-from sidecar.xds.client import Handler, resource_name
+from sidecar.xds.client import Background, Handler, resource_name
 
 log = logging.getLogger(__name__)
 
 POLL_SECONDS = 0.5
 
 
-class FileSubscription:
+class FileSubscription(Background):
     def __init__(self, type_url: str, path: str, handler: Handler) -> None:
         self.type_url = type_url
         self.path = path
@@ -35,23 +35,14 @@ class FileSubscription:
         self.known: set[str] = set()
         self.version = ""
         self._seen: tuple[int, int, int] | None = None
-        self._task: asyncio.Task[None] | None = None
 
     def subscribe(self, type_url: str, names: set[str] | None) -> None:
         """Files hold complete sets: nothing to ask for."""
 
-    def start(self) -> None:
-        self._task = asyncio.get_running_loop().create_task(self._watch(), name=f"xds-file:{self.path}")
+    def __repr__(self) -> str:
+        return self.path
 
-    async def stop(self) -> None:
-        if self._task is not None:
-            self._task.cancel()
-            try:
-                await self._task
-            except asyncio.CancelledError:
-                pass
-
-    async def _watch(self) -> None:
+    async def run(self) -> None:
         while True:
             try:
                 st = os.stat(self.path)

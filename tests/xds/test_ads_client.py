@@ -449,3 +449,24 @@ def test_sigterm_while_waiting_for_the_initial_config_exits_promptly() -> None:
             proxy.proc.terminate()
             assert proxy.proc.wait(5) == 0
             assert time.monotonic() - started < 3    # not the 15 s initial_fetch_timeout
+
+
+def test_google_grpc_target_and_a_reused_nonce(upstream: Upstream) -> None:
+    """ads_config by google_grpc target_uri; a server that repeats a nonce still gets exactly one
+    ACK per response."""
+    with ScriptedAds() as ads:
+        config = ads_bootstrap(ads.port, False)
+        config["dynamic_resources"]["ads_config"]["grpc_services"] = [
+            {"google_grpc": {"target_uri": f"127.0.0.1:{ads.port}", "stat_prefix": "ads"}}]
+        config["static_resources"]["clusters"] = []
+        with ProxyProcess(config, wait_ready=False):
+            stream = ads.next_stream()
+            assert stream.next_request(CLUSTER).node.id == "sidecar-test"
+            nonce = stream.send_sotw(CLUSTER, "c1", [eds_cluster("backend")])
+            stream.nonce -= 1                         # the next response reuses that nonce
+            assert stream.send_sotw(CLUSTER, "c2", [eds_cluster("backend"), eds_cluster("b2")]) == nonce
+            first, second = stream.next_request(CLUSTER), stream.next_request(CLUSTER)
+            assert is_ack(first, nonce) and first.version_info == "c1"
+            assert is_ack(second, nonce) and second.version_info == "c2"
+            with pytest.raises(AssertionError, match="no type.googleapis.com/envoy.config.cluster"):
+                stream.next_request(CLUSTER, timeout=0.5)      # and no third

@@ -97,7 +97,7 @@ class Server:
         node = node_pb2.Node()
         node.CopyFrom(self.bootstrap.node)
         node.user_agent_name = node.user_agent_name or "sidecar"
-        dynamic.subscriptions = subscriptions = Subscriptions(node, dynamic, self.snapshot)
+        dynamic.subscriptions = subscriptions = Subscriptions(node, dynamic, self.snapshot, self.stats)
         config = self.snapshot.dynamic
         wildcard = {CLUSTER: config.cds, LISTENER: config.lds} if config is not None else {}
         for type_url, source in wildcard.items():        # CDS first, as Envoy

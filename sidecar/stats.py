@@ -12,7 +12,7 @@ envoy_http_conn_manager_prefix="ingress_http"}``.
 from __future__ import annotations
 
 from collections.abc import Callable, Iterator
-from typing import TYPE_CHECKING, Any, ClassVar
+from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
 
 class Scope:
@@ -112,7 +112,7 @@ class ClusterStats(Scope):
                 "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
                 "upstream_rq_total", "upstream_rq_timeout", "upstream_rq_rx_reset",
                 "upstream_rq_tx_reset", "upstream_rq_retry", "upstream_cx_none_healthy",
-                "update_attempt", "update_success", "update_failure")
+                "update_attempt", "update_success", "update_failure", "update_rejected")
     GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
               "membership_total", "membership_healthy", "membership_degraded")
     __slots__ = COUNTERS + GAUGES + ("codes",)
@@ -141,6 +141,37 @@ class ServerStats(Scope):
     LABEL = ""
 
 
+class LdsStats(Scope):
+    """listener_manager.lds.*: the listener subscription's updates."""
+
+    COUNTERS = ("update_attempt", "update_success", "update_rejected", "update_failure")
+    __slots__ = COUNTERS
+    PROM_PREFIX = "envoy_listener_manager_lds_"
+    DOTTED_PREFIX = "listener_manager.lds."
+    LABEL = ""
+
+
+class CdsStats(LdsStats):
+    """cluster_manager.cds.*: the cluster subscription's updates."""
+
+    __slots__ = ()
+    PROM_PREFIX = "envoy_cluster_manager_cds_"
+    DOTTED_PREFIX = "cluster_manager.cds."
+
+
+class ControlPlaneStats(Scope):
+    """control_plane.*: the ADS connection."""
+
+    GAUGES = ("connected_state",)
+    __slots__ = GAUGES
+    PROM_PREFIX = "envoy_control_plane_"
+    DOTTED_PREFIX = "control_plane."
+    LABEL = ""
+
+
+XdsScope = TypeVar("XdsScope", LdsStats, CdsStats, ControlPlaneStats)
+
+
 class StatsStore:
     """All scopes by name; scopes survive config changes so counters keep counting."""
 
@@ -150,6 +181,9 @@ class StatsStore:
         self.listener: dict[str, ListenerStats] = {}
         self.cluster: dict[str, ClusterStats] = {}
         self.server = ServerStats("")
+        # listener_manager.lds, cluster_manager.cds, control_plane: only once xDS is in use,
+        # as Envoy only has them then.
+        self.xds: dict[str, Scope] = {}
 
     def http_scope(self, prefix: str) -> HttpStats:
         scope = self.http.get(prefix)
@@ -175,8 +209,15 @@ class StatsStore:
             scope = self.cluster[name] = ClusterStats(name)
         return scope
 
+    def xds_scope(self, kind: type[XdsScope]) -> XdsScope:
+        scope = self.xds.get(kind.DOTTED_PREFIX)
+        if scope is None:
+            scope = self.xds[kind.DOTTED_PREFIX] = kind("")
+        return scope  # type: ignore[return-value]
+
     def scopes(self) -> Iterator[Scope]:
         yield self.server
+        yield from list(self.xds.values())
         for group in (self.cluster, self.http, self.listener, self.tcp):
             yield from group.values()
 

@@ -116,7 +116,7 @@ class XdsClient(Background):
     def __init__(self, target: str, node: Any, delta: bool, handler: Handler,
                  wildcard_types: tuple[str, ...] = WILDCARD_TYPES,
                  set_node_on_first_message_only: bool = False,
-                 per_type: str | None = None) -> None:
+                 per_type: str | None = None, stats: Any = None) -> None:
         self.target = target
         self.service = AGGREGATED if per_type is None else PER_TYPE[per_type]
         self.node = node
@@ -127,6 +127,7 @@ class XdsClient(Background):
         self.queue: asyncio.Queue[Any] | None = None     # requests of the live stream
         self.backoff = Backoff()
         self.connected = False
+        self.stats = stats                  # control_plane.connected_state, for the ADS stream
         self._node_sent = False
         # While a response is being applied: the types whose subscription changed.
         # Their requests go after the response's ACK or NACK, so the server sees the
@@ -171,7 +172,7 @@ class XdsClient(Background):
             except Exception as e:      # a bug or garbage must not end the xDS client
                 log.exception("xDS stream failed")
                 reason = f"{type(e).__name__}: {e}"
-            self.connected = False
+            self._set_connected(False)
             self.queue = None
             delay = self.backoff.next()
             log.warning("xDS stream to %s ended (%s); reconnecting in %.2fs", self.target, reason, delay)
@@ -194,13 +195,18 @@ class XdsClient(Background):
             self.queue = queue
             try:
                 async for response in call:
-                    self.connected = True
+                    self._set_connected(True)
                     self.backoff.reset()
                     for request in await self._on_response(response):
                         queue.put_nowait(request)
             finally:
                 self.queue = None
                 call.cancel()
+
+    def _set_connected(self, connected: bool) -> None:
+        self.connected = connected
+        if self.stats is not None:
+            self.stats.connected_state = int(connected)
 
     # --- requests and responses ------------------------------------------------------
 

@@ -25,6 +25,7 @@ from typing import Any
 from config import model
 from sidecar.http.context import HcmContext
 from sidecar.http.route_table import RouteTable
+from sidecar.stats import CdsStats, LdsStats
 from sidecar.xds.client import CLUSTER, ENDPOINT, LISTENER, ROUTE
 from sidecar.admin.config_dump import DynamicEntry, DynamicView
 from sidecar.xds.resources import KIND, translate
@@ -69,10 +70,40 @@ class DynamicConfig:
     async def apply(self, type_url: str, updated: dict[str, tuple[str, Any]],
                     removed: set[str]) -> str | None:
         store = self.resources[type_url]
+        named = set(updated) | removed
         # A SotW response repeats what did not change: leave those alone (a listener
         # re-applied would drain its connections for nothing).
         updated = {name: (version, raw) for name, (version, raw) in updated.items()
                    if name not in store or store[name].raw.value != raw.value}
+        error = await self._apply(type_url, updated, removed)
+        self._count(type_url, named, error is None)
+        return error
+
+    def _count(self, type_url: str, names: set[str], accepted: bool) -> None:
+        """Envoy's update_attempt / update_success / update_rejected for the type's scope
+        (EDS: each cluster that takes the updated endpoints)."""
+        stats = self.cluster_manager.stats
+        if type_url == LISTENER:
+            scopes: list[Any] = [stats.xds_scope(LdsStats)]
+        elif type_url == CLUSTER:
+            scopes = [stats.xds_scope(CdsStats)]
+        elif type_url == ENDPOINT:
+            clusters = [c.config for c in self.cluster_manager.clusters.values()]
+            clusters += self.warming_clusters.values()
+            scopes = [stats.cluster_scope(c.name) for c in clusters
+                      if c.type == "EDS" and c.eds_service_name in names]
+        else:
+            return
+        for scope in scopes:
+            scope.update_attempt += 1
+            if accepted:
+                scope.update_success += 1
+            else:
+                scope.update_rejected += 1
+
+    async def _apply(self, type_url: str, updated: dict[str, tuple[str, Any]],
+                     removed: set[str]) -> str | None:
+        store = self.resources[type_url]
         translated: dict[str, Any] = {}
         for name, (_, raw) in sorted(updated.items()):
             try:

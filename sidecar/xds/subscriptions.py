@@ -13,6 +13,7 @@ from __future__ import annotations
 from typing import Any, Protocol
 
 from config import model
+from sidecar.stats import ControlPlaneStats, StatsStore
 from sidecar.xds.client import Handler, XdsClient
 from sidecar.xds.files import FileSubscription
 
@@ -24,8 +25,10 @@ class Source(Protocol):
 
 
 class Subscriptions:
-    def __init__(self, node: Any, handler: Handler, snapshot: model.Snapshot) -> None:
+    def __init__(self, node: Any, handler: Handler, snapshot: model.Snapshot,
+                 stats: StatsStore) -> None:
         self.node = node
+        self.stats = stats
         self.handler = handler
         self.snapshot = snapshot
         self.ads_service = snapshot.dynamic.ads if snapshot.dynamic is not None else None
@@ -77,7 +80,8 @@ class Subscriptions:
     def _start(self, service: model.GrpcService, per_type: str | None) -> XdsClient:
         client = XdsClient(self.target(service), self.node, service.delta, self.handler,
                            wildcard_types=(), per_type=per_type,
-                           set_node_on_first_message_only=service.set_node_on_first_message_only)
+                           set_node_on_first_message_only=service.set_node_on_first_message_only,
+                           stats=self.stats.xds_scope(ControlPlaneStats) if per_type is None else None)
         client.start()
         return client
 

@@ -192,6 +192,9 @@ def test_warming_then_traffic_then_updates(delta: bool, upstream: Upstream) -> N
         if not delta:
             assert nack.version_info == "c1"        # the last good version
         assert request(port, "/only/y").status == 200
+        stats = s.proxy.stats()
+        assert (stats["cluster_manager.cds.update_success"], stats["cluster_manager.cds.update_rejected"]) == (1, 1)
+        assert stats["cluster.backend.update_success"] == 3            # e1, e2, e3
 
 
 @pytest.mark.parametrize("delta", [False, True], ids=["sotw", "delta"])

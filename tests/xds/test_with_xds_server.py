@@ -64,6 +64,12 @@ def test_routes_traffic_follows_edits_and_nacks(tmp_path: Path, kind: str, api_t
         for type_name in ("Listener", "RouteConfiguration", "Cluster", "ClusterLoadAssignment"):
             wait_until(lambda: s.acks(type_name) >= 1, 5, f"an ACK of {type_name}")
         assert "NACK" not in s.server.output()
+        # The xDS stats by Envoy's names, in both proxies.
+        stats = s.proxy.stats()
+        for prefix in ("listener_manager.lds", "cluster_manager.cds", "cluster.backend"):
+            assert stats[f"{prefix}.update_success"] >= 1, (prefix, stats)
+            assert stats[f"{prefix}.update_rejected"] == 0, (prefix, stats)
+        assert stats["control_plane.connected_state"] == 1
 
         s.write_routes([direct("/direct", "version two"), to_cluster("/", "backend")])
         wait_for_body(s.port, "/direct", "version two", timeout=5)
@@ -92,6 +98,7 @@ def test_control_plane_outage_keeps_config_and_reconnects(tmp_path: Path, kind: 
     with stack(tmp_path, kind, api_type) as s:
         wait_for_body(s.port, "/before", "upstream /before")
         s.server.stop()
+        wait_until(lambda: s.proxy.stats()["control_plane.connected_state"] == 0, 10, "disconnected")
         for i in range(20):                  # served on the last good config meanwhile
             assert http_get(s.port, f"/during/{i}") == (200, f"upstream /during/{i}")
         s.write_routes([direct("/", "after the outage")])
@@ -99,4 +106,5 @@ def test_control_plane_outage_keeps_config_and_reconnects(tmp_path: Path, kind: 
             # Backoff is capped and jittered: the reconnect comes within seconds.
             again.wait_for(f"ACK node={NODE_ID} type=RouteConfiguration ", timeout=20)
             wait_for_body(s.port, "/x", "after the outage", timeout=5)
+            assert s.proxy.stats()["control_plane.connected_state"] == 1
             assert "NACK" not in again.output()

@@ -2,7 +2,7 @@
 
 Owns what came over xDS (each resource with its version and when it was
 applied, for /config_dump), the warming rules, and which RDS and EDS names
-the ADS client subscribes to:
+are subscribed to (sidecar/xds/subscriptions.py asks each config source):
 
 - an EDS cluster is not used until its endpoints arrive (it warms; an update
   of a cluster already in use keeps serving on the old one meanwhile);
@@ -23,11 +23,11 @@ from dataclasses import dataclass
 from typing import Any
 
 from config import model
+from sidecar.admin.config_dump import DynamicEntry, DynamicView
 from sidecar.http.context import HcmContext
 from sidecar.http.route_table import RouteTable
 from sidecar.stats import CdsStats, LdsStats
 from sidecar.xds.client import CLUSTER, ENDPOINT, LISTENER, ROUTE
-from sidecar.admin.config_dump import DynamicEntry, DynamicView
 from sidecar.xds.resources import KIND, translate
 from sidecar.xds.subscriptions import Subscriptions
 
@@ -65,7 +65,7 @@ class DynamicConfig:
         self._check_initialized(CLUSTER)
         self._check_initialized(LISTENER)
 
-    # --- the ADS client's Handler -------------------------------------------------------
+    # --- the Handler of every config source -------------------------------------------------------
 
     async def apply(self, type_url: str, updated: dict[str, tuple[str, Any]],
                     removed: set[str]) -> str | None:

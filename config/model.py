@@ -131,6 +131,23 @@ class DirectResponseAction:
 Action = Union[RouteAction, RedirectAction, DirectResponseAction]
 
 
+class FilterDisabled:
+    """The value of a typed_per_filter_config entry that is ``FilterConfig{disabled: true}``."""
+
+    __slots__ = ()
+
+    def __repr__(self) -> str:
+        return "FILTER_DISABLED"
+
+
+FILTER_DISABLED = FilterDisabled()
+
+# typed_per_filter_config of one level (route, virtual host, route config): the
+# filter config name and what that filter's factory parsed (or FILTER_DISABLED),
+# sorted by name.
+PerFilterConfigs = tuple[tuple[str, Any], ...]
+
+
 @dataclass(frozen=True, slots=True)
 class Route:
     match: RouteMatch
@@ -138,6 +155,7 @@ class Route:
     name: str = ""
     request_headers: HeaderMutations | None = None
     response_headers: HeaderMutations | None = None
+    typed_per_filter_config: PerFilterConfigs = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -147,6 +165,7 @@ class VirtualHost:
     routes: tuple[Route, ...]
     request_headers: HeaderMutations | None = None
     response_headers: HeaderMutations | None = None
+    typed_per_filter_config: PerFilterConfigs = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -155,6 +174,7 @@ class RouteConfig:
     virtual_hosts: tuple[VirtualHost, ...]
     request_headers: HeaderMutations | None = None
     response_headers: HeaderMutations | None = None
+    typed_per_filter_config: PerFilterConfigs = ()
 
 
 # --- network filters ------------------------------------------------------------

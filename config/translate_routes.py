@@ -7,10 +7,12 @@ from typing import Any
 from google.protobuf.message import Message
 
 from config import model
+from config.errors import ConfigError
 from config.matchers import StringMatcher, compile_regex
 from config.translate_base import TranslatorBase, each, optional_timeout, wrapped
 
 REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
+FILTER_CONFIG_TYPE = "envoy.config.route.v3.FilterConfig"
 
 
 class RouteTranslator(TranslatorBase):
@@ -19,7 +21,8 @@ class RouteTranslator(TranslatorBase):
     def route_config(self, rc: Message, path: str) -> model.RouteConfig | None:
         self.only(rc, path, ("name", "virtual_hosts", "request_headers_to_add",
                              "request_headers_to_remove", "response_headers_to_add",
-                             "response_headers_to_remove", "validate_clusters"))
+                             "response_headers_to_remove", "validate_clusters",
+                             "typed_per_filter_config"))
         vhosts = each(rc.virtual_hosts, f"{path}.virtual_hosts", self.virtual_host)
         seen: dict[str, str] = {}
         for vh in vhosts:
@@ -32,12 +35,13 @@ class RouteTranslator(TranslatorBase):
         return model.RouteConfig(
             name=rc.name, virtual_hosts=tuple(vhosts),
             request_headers=self.header_mutations(rc, path, "request"),
-            response_headers=self.header_mutations(rc, path, "response"))
+            response_headers=self.header_mutations(rc, path, "response"),
+            typed_per_filter_config=self.per_filter_configs(rc, path))
 
     def virtual_host(self, vh: Message, path: str) -> model.VirtualHost | None:
         self.only(vh, path, ("name", "domains", "routes", "request_headers_to_add",
                              "request_headers_to_remove", "response_headers_to_add",
-                             "response_headers_to_remove", "metadata"))
+                             "response_headers_to_remove", "metadata", "typed_per_filter_config"))
         if not vh.name:
             self.error(f"{path}.name", "value length must be at least 1 characters")
         if not vh.domains:
@@ -49,13 +53,14 @@ class RouteTranslator(TranslatorBase):
         return model.VirtualHost(
             name=vh.name, domains=tuple(vh.domains), routes=tuple(routes),
             request_headers=self.header_mutations(vh, path, "request"),
-            response_headers=self.header_mutations(vh, path, "response"))
+            response_headers=self.header_mutations(vh, path, "response"),
+            typed_per_filter_config=self.per_filter_configs(vh, path))
 
     def route(self, r: Message, path: str) -> model.Route | None:
         self.only(r, path, ("name", "match", "route", "redirect", "direct_response",
                             "request_headers_to_add", "request_headers_to_remove",
                             "response_headers_to_add", "response_headers_to_remove",
-                            "metadata", "decorator"))
+                            "metadata", "decorator", "typed_per_filter_config"))
         match = self.route_match(r.match, f"{path}.match")
         which = r.WhichOneof("action")
         action: model.Action | None
@@ -72,7 +77,8 @@ class RouteTranslator(TranslatorBase):
             return None
         return model.Route(match=match, action=action, name=r.name,
                            request_headers=self.header_mutations(r, path, "request"),
-                           response_headers=self.header_mutations(r, path, "response"))
+                           response_headers=self.header_mutations(r, path, "response"),
+                           typed_per_filter_config=self.per_filter_configs(r, path))
 
     def route_match(self, m: Message, path: str) -> model.RouteMatch | None:
         self.only(m, path, ("prefix", "path", "safe_regex", "path_separated_prefix",
@@ -248,6 +254,57 @@ class RouteTranslator(TranslatorBase):
             adds.append(model.HeaderValueOption(key, value, action, hv.keep_empty_value))
         removes = tuple(h.lower() for h in getattr(msg, remove_field))
         return model.HeaderMutations(tuple(adds), removes) if adds or removes else None
+
+    def per_filter_configs(self, msg: Message, path: str) -> model.PerFilterConfigs:
+        """typed_per_filter_config of a route, virtual host or route config, as Envoy's
+        PerFilterConfigs: the filter is found by the config's type URL (the key is only
+        the name it is stored under), and must take per-route config.  A
+        ``FilterConfig`` wrapper may disable the filter there, or make an unknown
+        config optional (skipped with a warning)."""
+        out: list[tuple[str, Any]] = []
+        for name, any_msg in sorted(msg.typed_per_filter_config.items()):
+            p = f"{path}.typed_per_filter_config[{name}]"
+            optional = False
+            if any_msg.type_url.rsplit("/", 1)[-1] == FILTER_CONFIG_TYPE:
+                wrapper = self.unpack(any_msg, p)
+                if wrapper is None:
+                    continue
+                self.only(wrapper, p, ("config", "is_optional", "disabled"))
+                if wrapper.disabled:
+                    out.append((name, model.FILTER_DISABLED))
+                    continue
+                if not wrapper.HasField("config"):
+                    self.error(p, f"Empty route/virtual host per filter configuration for {name} filter")
+                    continue
+                if not wrapper.config.type_url:
+                    # Envoy: enables a filter that http_filters marks disabled.
+                    self.error(f"{p}.config", "enabling a filter per route (a FilterConfig with "
+                               "an empty config) is not supported by sidecar yet")
+                    continue
+                any_msg, p, optional = wrapper.config, f"{p}.config", wrapper.is_optional
+            type_url = any_msg.type_url
+            parse = self.lookup_http_filter("", type_url)
+            # The factory says whether its filter reads per-route config (``per_route``).
+            per_route = getattr(getattr(parse, "__self__", None), "per_route", False)
+            if parse is None or not per_route:
+                if optional:
+                    self.warnings.append(f"{p}: optional per-route config for HTTP filter "
+                                         f"{name!r} ({type_url}) is not used by sidecar; skipped")
+                elif parse is None:
+                    self.error(p, f"HTTP filter config {type_url or '(no @type)'} for {name!r} "
+                               "is not supported by sidecar")
+                else:
+                    self.error(p, f"The filter {name} doesn't support virtual host or route "
+                               "specific configurations")
+                continue
+            config_msg = self.unpack(any_msg, p)
+            if config_msg is None:
+                continue
+            try:
+                out.append((name, parse(config_msg, p)))
+            except ConfigError as e:
+                self.errors.append(e)
+        return tuple(out)
 
 
 

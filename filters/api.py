@@ -34,6 +34,7 @@ class FilterContext:
     cluster_manager: Any
     stats: Any
     hcm: Any
+    name: str = ""          # the filter's name in http_filters: the key of its per-route configs
 
 
 class FilterFactory(Generic[C]):
@@ -42,6 +43,9 @@ class FilterFactory(Generic[C]):
     names: ClassVar[tuple[str, ...]] = ()
     type_url: ClassVar[str] = ""
     terminal: ClassVar[bool] = False     # the router: ends the chain, takes no ``next``
+    # Reads typed_per_filter_config on routes and virtual hosts (parsed with ``parse``);
+    # per-route config for a filter without it is an error at load, as in Envoy.
+    per_route: ClassVar[bool] = False
 
     def parse(self, message: Message, path: str) -> C:
         """Protobuf -> frozen config; raise config.errors.ConfigError(path, ...) when invalid."""

@@ -8,9 +8,11 @@ from typing import Any
 from google.protobuf.message import Message
 
 from filters.api import FilterFactory
+from filters.http.fault.factory import FaultFactory
 from filters.http.router.factory import RouterFactory
 
 HTTP_FILTERS: tuple[FilterFactory[Any], ...] = (
+    FaultFactory(),
     RouterFactory(),
 )
 

@@ -23,6 +23,7 @@ class Scope:
     GAUGES: ClassVar[tuple[str, ...]] = ()
     PROM_PREFIX: ClassVar[str] = ""       # "envoy_cluster_"
     DOTTED_PREFIX: ClassVar[str] = ""     # "cluster."
+    DOTTED_SUFFIX: ClassVar[str] = ""     # after the name: "fault." in http.<prefix>.fault.*
     LABEL: ClassVar[str] = ""             # "envoy_cluster_name"
     # For scopes that count responses: the names of the completed counter (index 0)
     # and of the N-xx counters (index N), whose values live in ``responses``.
@@ -50,6 +51,12 @@ class Scope:
         if 0 < cls < 6:
             responses[cls] += 1
 
+    @property
+    def dotted_base(self) -> str:
+        """What precedes each stat's name on Envoy's /stats page: ``http.ingress_http.``."""
+        name = f"{self.name}." if self.name else ""
+        return f"{self.DOTTED_PREFIX}{name}{self.DOTTED_SUFFIX}"
+
     def values(self) -> Iterator[tuple[str, int, bool]]:
         """(stat name, value, is_counter) for every stat in this scope."""
         for stat in self.COUNTERS:
@@ -57,6 +64,9 @@ class Scope:
         yield from zip(self.RESPONSE_COUNTERS, self.responses, [True] * len(self.responses))
         for stat in self.GAUGES:
             yield stat, getattr(self, stat), False
+
+
+FilterScope = TypeVar("FilterScope", bound=Scope)
 
 
 class HttpStats(Scope):
@@ -70,12 +80,41 @@ class HttpStats(Scope):
                 "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total",
                 "no_route", "no_cluster", "rq_direct_response", "rq_redirect")
     GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_rq_active")
-    __slots__ = COUNTERS + GAUGES
+    __slots__ = COUNTERS + GAUGES + ("filters",)
     PROM_PREFIX = "envoy_http_"
     DOTTED_PREFIX = "http."
     LABEL = "envoy_http_conn_manager_prefix"
     RESPONSE_COUNTERS = ("downstream_rq_completed", "downstream_rq_1xx", "downstream_rq_2xx",
                          "downstream_rq_3xx", "downstream_rq_4xx", "downstream_rq_5xx")
+
+    def __init__(self, name: str) -> None:
+        super().__init__(name)
+        # The HTTP filters' scopes under this prefix (http.<prefix>.fault.*), by scope class.
+        self.filters: dict[type[Scope], Scope] = {}
+
+    def filter_scope(self, kind: type[FilterScope]) -> FilterScope:
+        """The scope of an HTTP filter kind under this prefix, made on first use.
+
+        Kept here, not per filter instance, so the counters keep counting across
+        config versions and every filter of that kind on this prefix shares them
+        (as Envoy's stats are shared by name).
+        """
+        scope = self.filters.get(kind)
+        if scope is None:
+            scope = self.filters[kind] = kind(self.name)
+        return scope  # type: ignore[return-value]
+
+
+class FaultStats(Scope):
+    """http.<stat_prefix>.fault.*: the fault filters of one http_connection_manager."""
+
+    COUNTERS = ("aborts_injected", "delays_injected", "faults_overflow", "response_rl_injected")
+    GAUGES = ("active_faults",)
+    __slots__ = COUNTERS + GAUGES
+    PROM_PREFIX = "envoy_http_fault_"
+    DOTTED_PREFIX = "http."
+    DOTTED_SUFFIX = "fault."
+    LABEL = "envoy_http_conn_manager_prefix"
 
 
 class TcpStats(Scope):
@@ -219,7 +258,10 @@ class StatsStore:
         yield self.server
         yield from list(self.xds.values())
         for group in (self.cluster, self.http, self.listener, self.tcp):
-            yield from group.values()
+            for scope in list(group.values()):
+                yield scope
+                if isinstance(scope, HttpStats):
+                    yield from list(scope.filters.values())
 
     def dotted(self) -> Iterator[tuple[str, int, bool]]:
         """Envoy's plain /stats view: ("cluster.backend.upstream_rq_total", 3, is_counter).
@@ -227,7 +269,7 @@ class StatsStore:
         Iterates copies, so a worker thread may render while the loop adds scopes.
         """
         for scope in list(self.scopes()):
-            base = f"{scope.DOTTED_PREFIX}{scope.name}." if scope.name else scope.DOTTED_PREFIX
+            base = scope.dotted_base
             for stat, value, counter in scope.values():
                 yield base + stat, value, counter
             if isinstance(scope, ClusterStats):
@@ -247,7 +289,7 @@ class StatsStore:
 
         for scope in self.scopes():
             base = f'{scope.LABEL}="{_escape(scope.name)}"' if scope.LABEL else ""
-            dotted = f"{scope.DOTTED_PREFIX}{scope.name}." if scope.name else scope.DOTTED_PREFIX
+            dotted = scope.dotted_base
             for stat, value, counter in scope.values():
                 if keep is not None and not keep(dotted + stat, value):
                     continue

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
+from dataclasses import replace
 from typing import Any
 
 from config import model
@@ -58,11 +59,11 @@ def build_chain(config: model.HttpConnectionManager, ctx: FilterContext) -> Hand
     terminal = filters[-1]
     factory = http_filter_factory(terminal.name, terminal.type_url)
     assert factory is not None and factory.terminal, "translate guarantees a router at the end"
-    handler: Handler = factory.create(terminal.config, ctx)  # type: ignore[assignment]
+    handler: Handler = factory.create(terminal.config, replace(ctx, name=terminal.name))  # type: ignore[assignment]
     for f in reversed(filters[:-1]):
         factory = http_filter_factory(f.name, f.type_url)
         assert factory is not None
-        handler = _link(factory.create(f.config, ctx), handler)  # type: ignore[arg-type]
+        handler = _link(factory.create(f.config, replace(ctx, name=f.name)), handler)  # type: ignore[arg-type]
     return handler
 
 

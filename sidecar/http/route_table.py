@@ -6,6 +6,8 @@ lists, so the per-request cost is a few string operations.
 
 from __future__ import annotations
 
+from typing import Any
+
 from config import model
 from sidecar.codec.events import Headers
 
@@ -134,9 +136,16 @@ def query_match(matchers: tuple[model.QueryParameterMatcher, ...], path: str) ->
 class RouteEntry:
     """A route with what the router needs precomputed: the header mutations of every
     level that has any, most specific first (route, virtual host, route config), as
-    Envoy applies them when most_specific_header_mutations_wins is off."""
+    Envoy applies them when most_specific_header_mutations_wins is off.
 
-    __slots__ = ("route", "vhost", "action", "request_mutations", "response_mutations")
+    ``per_filter_config`` maps an HTTP filter's config name (its ``name`` in
+    http_filters) to the most specific typed_per_filter_config for it: the
+    route's, else the virtual host's, else the route config's (Envoy's
+    mostSpecificPerFilterConfig).  A value is what that filter's factory parsed,
+    or ``model.FILTER_DISABLED``."""
+
+    __slots__ = ("route", "vhost", "action", "request_mutations", "response_mutations",
+                 "per_filter_config")
 
     def __init__(self, route: model.Route, vhost: model.VirtualHost, config: model.RouteConfig) -> None:
         self.route = route
@@ -145,6 +154,10 @@ class RouteEntry:
         levels = (route, vhost, config)
         self.request_mutations = tuple(l.request_headers for l in levels if l.request_headers)
         self.response_mutations = tuple(l.response_headers for l in levels if l.response_headers)
+        per_filter: dict[str, Any] = {}
+        for level in (config, vhost, route):       # least specific first: later ones win
+            per_filter.update(level.typed_per_filter_config)
+        self.per_filter_config = per_filter
 
 
 class RouteTable:

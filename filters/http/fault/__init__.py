@@ -1,0 +1,1 @@
+"""envoy.filters.http.fault: Envoy's fault injection filter (delays and aborts)."""

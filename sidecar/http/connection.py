@@ -16,6 +16,7 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
+from filters.http.router.headers import apply_mutations
 from sidecar.codec.events import Body, EndOfMessage, ParseError, RequestHead
 from sidecar.codec.http1 import (LAST_CHUNK, MISSING_HOST, REASONS, encode_chunk, encode_last_chunk,
                                  serialize_response_head)
@@ -231,6 +232,7 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
             except BodyReset:
                 # The request body never finished: the client is gone or broke framing.
                 info.set_flag("DC")
+                info.response_code_details = "downstream_remote_disconnect"
                 self.stats.downstream_rq_rx_reset += 1
                 self._finish(request, 0, [], False)
                 return
@@ -279,6 +281,7 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
     def _abandoned(self, request: Request) -> None:
         """The client went away before its response was written (flag DC)."""
         request.info.set_flag("DC")
+        request.info.response_code_details = "downstream_remote_disconnect"
         self.stats.downstream_rq_rx_reset += 1
         self.stats.downstream_rq_active -= 1
         if self.ctx.access_logs:
@@ -297,13 +300,24 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
             request.info.set_flag(reply.flag)
         request.info.response_code_details = reply.details
         response = local_reply.build_response(reply, request.method == "HEAD")
-        response.headers.append(("date", http_date()))
+        entry = request.route
+        if entry is not None:
+            # Once a route is chosen, Envoy adds its response headers to local replies
+            # too (a 503 from the router, a fault filter's abort).
+            for mutations in entry.response_mutations:
+                response.headers = apply_mutations(response.headers, mutations)
         return response
 
     def _frame(self, request: Request, response: Response) -> bool:
         """Add the server and framing headers; False when the connection must close after."""
         cfg = self.ctx.config
         headers = response.headers
+        # Envoy dates every response the upstream (or a direct response) left undated.
+        for header in headers:
+            if header[0] == "date":
+                break
+        else:
+            headers.append(("date", http_date()))
         if cfg.server_header_transformation == "OVERWRITE":
             # The router already dropped the upstream's Server header.
             headers.append(("server", cfg.server_name))

@@ -39,9 +39,14 @@ def no_healthy_upstream() -> LocalReply:
     return LocalReply(503, b"no healthy upstream", "UH", "no_healthy_upstream")
 
 
-def connect_failure(reason: str = "remote connection failure") -> LocalReply:
-    return LocalReply(503, (_RESET_PREFIX + reason).encode(), "UF",
-                      "upstream_reset_before_response_started{remote_connection_failure}")
+def connect_failure(transport_error: str = "") -> LocalReply:
+    """A refused (or otherwise failed) connect; ``transport_error`` is the socket's error
+    text ("Connection refused"), which Envoy names in the details, spaces as underscores."""
+    reason = "remote_connection_failure"
+    if transport_error:
+        reason += "|delayed_connect_error:_" + transport_error.replace(" ", "_")
+    return LocalReply(503, (_RESET_PREFIX + "remote connection failure").encode(), "UF",
+                      f"upstream_reset_before_response_started{{{reason}}}")
 
 
 def connect_timeout() -> LocalReply:
@@ -60,7 +65,7 @@ def upstream_protocol_error() -> LocalReply:
 
 
 def upstream_timeout() -> LocalReply:
-    return LocalReply(504, b"upstream request timeout", "UT", "upstream_response_timeout")
+    return LocalReply(504, b"upstream request timeout", "UT", "response_timeout")
 
 
 def build_response(reply: LocalReply, is_head: bool = False) -> Response:

@@ -7,6 +7,7 @@ shows the state, and tests assert on it.
 from __future__ import annotations
 
 import asyncio
+import os
 import logging
 from collections.abc import Callable
 from typing import Any
@@ -77,7 +78,7 @@ class Http1Pool:
         except OSError as e:
             stats.upstream_cx_connect_fail += 1
             log.debug("connect to %s:%s failed: %s", self.address, self.port, e)
-            raise local_reply.connect_failure() from None
+            raise local_reply.connect_failure(os.strerror(e.errno) if e.errno else "") from None
         stats.upstream_cx_active += 1
         self.busy.add(conn)
         return conn

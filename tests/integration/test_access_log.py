@@ -49,8 +49,17 @@ def config(up_port: int, log_path: str) -> dict:
         [http_listener("web", [vhost(routes)], route_config_extra={"validate_clusters": False},
                        access_log=[{"name": "envoy.access_loggers.file", "typed_config": {
                            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3"
-                                    ".FileAccessLog", "path": log_path}}])],
+                                    ".FileAccessLog", "path": log_path}},
+                                   {"name": "envoy.access_loggers.file", "typed_config": {
+                           "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3"
+                                    ".FileAccessLog", "path": log_path + ".details",
+                           "log_format": {"text_format": "%REQ(:PATH)% %RESPONSE_CODE_DETAILS%\n"}}}])],
         [static_cluster("up", up_port), static_cluster("dead", 1), unhealthy])
+
+
+def details(kind: str, tmp_path: Path) -> list[str]:
+    """The %RESPONSE_CODE_DETAILS% log of a run(), one "PATH DETAILS" line per request."""
+    return sorted((tmp_path / f"{kind}.log.details").read_text().splitlines())
 
 
 def run(kind: str, up: Upstream, tmp_path: Path) -> list[tuple]:
@@ -87,6 +96,7 @@ def test_access_log_lines_and_flags_match_envoy(tmp_path):
         ours = run("sidecar", up, tmp_path)
         envoys = run("envoy", up, tmp_path)
     assert ours == envoys
+    assert details("sidecar", tmp_path) == details("envoy", tmp_path)
     by_path = {entry[1]: entry for entry in ours}
     assert by_path["/a"][3:7] == (200, "-", 5, 5)
     assert by_path["/zzz"][3:5] == (404, "NR")

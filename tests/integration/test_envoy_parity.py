@@ -9,7 +9,7 @@ import pytest
 import yaml
 
 from tests.support.client import raw_exchange, request, status_of
-from tests.support.proxy import (REPO, ProxyProcess, bootstrap, envoy_binary, http_listener,
+from tests.support.proxy import (REPO, ProxyProcess, bootstrap, envoy_binary, free_port, http_listener,
                                  static_cluster, vhost)
 from tests.support.upstream import Received, Reply, Upstream
 
@@ -20,7 +20,8 @@ pytestmark = pytest.mark.skipif(envoy_binary() is None,
 VOLATILE = {"date", "x-request-id", "x-envoy-upstream-service-time"}
 # Response headers compared (present or not, and value unless volatile).
 RESPONSE_HEADERS = ("content-type", "content-length", "server", "location", "x-resp", "x-upstream",
-                    "x-envoy-upstream-service-time", "connection", "transfer-encoding")
+                    "x-envoy-upstream-service-time", "connection", "transfer-encoding", "date",
+                    "x-vhost")
 
 
 def upstream_handler(r: Received) -> Reply:
@@ -139,6 +140,22 @@ def test_header_manipulation_bootstrap():
         {"path": "/"},
         {"path": "/", "headers": {"x-absent": "client", "x-over": "client", "x-secret": "s"}},
     ]))
+
+
+def test_route_headers_and_date_on_local_direct_and_redirect_replies():
+    """Envoy dates every response and adds the chosen route's response headers to local
+    replies too (here a 503 from a cluster with no listening endpoint)."""
+    add = [{"header": {"key": "x-resp", "value": "r"}}]
+    routes = [{"match": {"prefix": "/dead"}, "route": {"cluster": "dead"}, "response_headers_to_add": add},
+              {"match": {"prefix": "/direct"}, "response_headers_to_add": add,
+               "direct_response": {"status": 200, "body": {"inline_string": "d"}}},
+              {"match": {"prefix": "/redirect"}, "redirect": {"path_redirect": "/x"}},
+              {"match": {"prefix": "/"}, "route": {"cluster": "app"}, "response_headers_to_add": add}]
+    config = bootstrap([http_listener("loc", [vhost(routes, response_headers_to_add=[
+        {"header": {"key": "x-vhost", "value": "v"}}])])],
+        [static_cluster("app", UPSTREAM), static_cluster("dead", free_port())])
+    assert_same(run_both(config, [{"path": "/dead"}, {"path": "/direct"}, {"path": "/redirect"},
+                                  {"path": "/"}]))
 
 
 def test_demo_example_runs_the_same():

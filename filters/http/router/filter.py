@@ -95,6 +95,7 @@ class Router:
         action = entry.action
         if type(action) is model.RouteAction:
             return await self.forward(request, entry, action)
+        request.info.response_code_details = "direct_response"     # both kinds below, as Envoy
         if type(action) is model.DirectResponseAction:
             self.http_stats.rq_direct_response += 1
             body = action.body or b""
@@ -344,6 +345,7 @@ class Router:
                             conn: Http1UpstreamConnection) -> Response:
         strip = self.strip_response
         headers = [h for h in head.headers if h[0] not in strip]
+        request.info.response_code_details = "via_upstream"
         if request.method == "HEAD" or head.status in (204, 304):
             body = b""
         elif type(body) is not bytes:

@@ -117,6 +117,9 @@ from bench_http1 import (REPO, UPSTREAM_SCRIPT, cpu_seconds, find_envoy, fmt,  #
                          free_envoy_base_id, free_ports, http_get, machine, median, proc_tree, stop,
                          tail, version_of, wait_for_port)
 
+sys.path.insert(0, str(REPO))
+from tests.xds_server.support import ads_bootstrap  # noqa: E402
+
 API_TYPES = ("GRPC", "DELTA_GRPC")
 TARGETS = ("sidecar", "envoy")
 TYPES = ("Cluster", "ClusterLoadAssignment", "RouteConfiguration")
@@ -125,7 +128,6 @@ START_TIMEOUT_S = 30.0
 ADS = {"ads": {}, "resource_api_version": "V3"}
 HCM = "type.googleapis.com/envoy.extensions.filters.network.http_connection_manager.v3.HttpConnectionManager"
 ROUTER = "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"
-HTTP_PROTOCOL_OPTIONS = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 
 # [2026-12-03 06:08:01,123][INFO][sidecar.xds_server] ACK node=x type=Cluster version=v nonce=3
 LOG_LINE = re.compile(r"^\[(?P<ts>\d{4}-\d\d-\d\d \d\d:\d\d:\d\d,\d{3})\]\[\w+\]\[[\w.]+\] "
@@ -203,29 +205,6 @@ def big_config(listener_port: int, upstream_port: int, clusters: int, routes: in
     cfg["routes"] = [route_config("web_routes", [to_cluster(f"/c{i}/", f"c{i % clusters}") for i in range(routes)]
                                   + [to_cluster("/backend/", "backend")])]
     return cfg
-
-
-def ads_bootstrap(node: str, admin_port: int, xds_port: int, api_type: str) -> dict:
-    """Both proxies' bootstrap: everything but the xds cluster comes over ADS."""
-    return {
-        "node": {"id": node, "cluster": "bench"},
-        "admin": {"address": address(admin_port)},
-        "dynamic_resources": {
-            "ads_config": {"api_type": api_type, "transport_api_version": "V3",
-                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]},
-            "lds_config": ADS,
-            "cds_config": ADS,
-        },
-        "static_resources": {"clusters": [{
-            "name": "xds", "type": "STATIC", "connect_timeout": "1s",
-            "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": address(xds_port)}}]}]},
-            "typed_extension_protocol_options": {
-                "envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
-                    "@type": HTTP_PROTOCOL_OPTIONS,
-                    "explicit_http_config": {"http2_protocol_options": {}}}},
-        }]},
-    }
 
 
 def write_atomically(path: Path, text: str) -> None:
@@ -494,7 +473,7 @@ class Bench:
         admin_port, listener_port = free_ports(2)
         self.restore_small(listener_port)
         cfg = self.out / f"{node}.json"
-        cfg.write_text(json.dumps(ads_bootstrap(node, admin_port, self.xds_port, api_type), indent=2))
+        cfg.write_text(json.dumps(ads_bootstrap(self.xds_port, api_type, node=node, cluster="bench", admin_port=admin_port), indent=2))
         argv = proxy_argv(target, self.envoy, cfg)
         plog = self.out / f"{node}.log"
         (self.out / f"{node}.cmd").write_text(" ".join(argv) + "\n")

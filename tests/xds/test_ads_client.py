@@ -20,6 +20,7 @@ from tests.support.client import request
 from tests.support.proxy import HCM, ROUTER, ProxyProcess, address, free_port
 from tests.support.upstream import Reply, Upstream
 from tests.xds.ads_server import CLUSTER, ENDPOINT, LISTENER, ROUTE, ScriptedAds, Stream
+from tests.xds_server import support
 
 H2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
     "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
@@ -28,22 +29,8 @@ ADS_SOURCE = {"ads": {}, "resource_api_version": "V3"}
 
 
 def ads_bootstrap(ads_port: int, delta: bool) -> dict[str, Any]:
-    return {
-        "node": {"id": "sidecar-test", "cluster": "test-cluster"},
-        "admin": {"address": address(0)},
-        "dynamic_resources": {
-            "ads_config": {"api_type": "DELTA_GRPC" if delta else "GRPC",
-                           "transport_api_version": "V3",
-                           "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]},
-            "cds_config": ADS_SOURCE,
-            "lds_config": ADS_SOURCE,
-        },
-        "static_resources": {"clusters": [{
-            "name": "xds", "type": "STATIC", "connect_timeout": "1s",
-            "typed_extension_protocol_options": H2,
-            "load_assignment": {"cluster_name": "xds", "endpoints": [{"lb_endpoints": [
-                {"endpoint": {"address": address(ads_port)}}]}]}}]},
-    }
+    return support.ads_bootstrap(ads_port, "DELTA_GRPC" if delta else "GRPC",
+                                 node="sidecar-test", cluster="test-cluster")
 
 
 def eds_cluster(name: str) -> dict[str, Any]:

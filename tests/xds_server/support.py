@@ -210,11 +210,13 @@ def wait_for_body(port: int, path: str, body: str, timeout: float = 10.0) -> Non
 
 # ---- Envoy on ADS -----------------------------------------------------------------------------
 
-def ads_bootstrap(xds_port: int, api_type: str) -> dict[str, Any]:
-    """An Envoy bootstrap whose listeners and clusters all come from the xds-server over ADS."""
+def ads_bootstrap(xds_port: int, api_type: str, node: str = NODE_ID, cluster: str = "test",
+                  admin_port: int = 0) -> dict[str, Any]:
+    """An Envoy bootstrap whose listeners and clusters all come from an ADS server at xds_port
+    (the xds cluster speaks HTTP/2, as gRPC needs)."""
     return {
-        "node": {"id": NODE_ID, "cluster": "test"},
-        "admin": {"address": address(0)},
+        "node": {"id": node, "cluster": cluster},
+        "admin": {"address": address(admin_port)},
         "dynamic_resources": {
             "ads_config": {"api_type": api_type, "transport_api_version": "V3",
                            "grpc_services": [{"envoy_grpc": {"cluster_name": "xds"}}]},

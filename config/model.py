@@ -95,6 +95,26 @@ class WeightedClusterEntry:
 
 
 @dataclass(frozen=True, slots=True)
+class RetryPolicy:
+    """A route's (else its virtual host's) retry_policy, with the virtual host's attempt
+    count options folded in: a route whose virtual host only asks for
+    x-envoy-attempt-count gets a policy with no ``retry_on`` (one attempt)."""
+
+    retry_on: frozenset[str] = frozenset()      # Envoy's tokens: "5xx", "reset", "cancelled", ...
+    num_retries: int = 1
+    per_try_timeout: float | None = None
+    retriable_status_codes: frozenset[int] = frozenset()
+    retriable_headers: tuple[HeaderMatcher, ...] = ()
+    base_interval_ms: int = 25
+    max_interval_ms: int = 250                  # Envoy's default: 10 x base_interval
+    previous_hosts: bool = False                # retry_host_predicate previous_hosts
+    host_selection_retry_max_attempts: int = 1
+    buffer_limit: int | None = None             # per_request_buffer_limit_bytes (route, else vhost)
+    include_attempt_count_in_response: bool = False
+    include_request_attempt_count: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RouteAction:
     """Forward to a cluster (one, or a weighted split)."""
 
@@ -108,6 +128,7 @@ class RouteAction:
     host_rewrite_literal: str | None = None
     auto_host_rewrite: bool = False
     timeout: float | None = 15.0                # Envoy's default; None = disabled
+    retry_policy: RetryPolicy | None = None     # None: one attempt, no attempt count headers
 
 
 @dataclass(frozen=True, slots=True)
@@ -156,6 +177,7 @@ class Route:
     request_headers: HeaderMutations | None = None
     response_headers: HeaderMutations | None = None
     typed_per_filter_config: PerFilterConfigs = ()
+    per_request_buffer_limit_bytes: int | None = None
 
 
 @dataclass(frozen=True, slots=True)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 from typing import Any
 
 from google.protobuf.message import Message
@@ -9,9 +10,16 @@ from google.protobuf.message import Message
 from config import model
 from config.errors import ConfigError
 from config.matchers import StringMatcher, compile_regex
-from config.translate_base import TranslatorBase, each, optional_timeout, wrapped
+from config.translate_base import TranslatorBase, each, optional_timeout, seconds, wrapped
 
 REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
+# retry_on conditions of Envoy 1.40's router (x-envoy-retry-on / x-envoy-retry-grpc-on tokens).
+RETRY_ON = frozenset(("5xx", "gateway-error", "reset", "reset-before-request", "connect-failure",
+                      "envoy-ratelimited", "retriable-4xx", "refused-stream",
+                      "retriable-status-codes", "retriable-headers", "http3-post-connect-failure",
+                      "cancelled", "deadline-exceeded", "internal", "resource-exhausted",
+                      "unavailable"))
+PREVIOUS_HOSTS = "envoy.extensions.retry.host.previous_hosts.v3.PreviousHostsPredicate"
 FILTER_CONFIG_TYPE = "envoy.config.route.v3.FilterConfig"
 
 
@@ -41,7 +49,9 @@ class RouteTranslator(TranslatorBase):
     def virtual_host(self, vh: Message, path: str) -> model.VirtualHost | None:
         self.only(vh, path, ("name", "domains", "routes", "request_headers_to_add",
                              "request_headers_to_remove", "response_headers_to_add",
-                             "response_headers_to_remove", "metadata", "typed_per_filter_config"))
+                             "response_headers_to_remove", "metadata", "typed_per_filter_config",
+                             "retry_policy", "include_request_attempt_count",
+                             "include_attempt_count_in_response", "per_request_buffer_limit_bytes"))
         if not vh.name:
             self.error(f"{path}.name", "value length must be at least 1 characters")
         if not vh.domains:
@@ -50,6 +60,9 @@ class RouteTranslator(TranslatorBase):
             if d != "*" and d.count("*") > 1 or ("*" in d and not (d.startswith("*") or d.endswith("*"))):
                 self.error(f"{path}.domains[{i}]", f"invalid wildcard domain {d!r}")
         routes = each(vh.routes, f"{path}.routes", self.route)
+        vh_policy = (self.retry_policy(vh.retry_policy, f"{path}.retry_policy")
+                     if vh.HasField("retry_policy") else None)
+        routes = [self.with_retry_policy(r, vh, vh_policy) for r in routes]
         return model.VirtualHost(
             name=vh.name, domains=tuple(vh.domains), routes=tuple(routes),
             request_headers=self.header_mutations(vh, path, "request"),
@@ -60,7 +73,8 @@ class RouteTranslator(TranslatorBase):
         self.only(r, path, ("name", "match", "route", "redirect", "direct_response",
                             "request_headers_to_add", "request_headers_to_remove",
                             "response_headers_to_add", "response_headers_to_remove",
-                            "metadata", "decorator", "typed_per_filter_config"))
+                            "metadata", "decorator", "typed_per_filter_config",
+                            "per_request_buffer_limit_bytes"))
         match = self.route_match(r.match, f"{path}.match")
         which = r.WhichOneof("action")
         action: model.Action | None
@@ -78,7 +92,9 @@ class RouteTranslator(TranslatorBase):
         return model.Route(match=match, action=action, name=r.name,
                            request_headers=self.header_mutations(r, path, "request"),
                            response_headers=self.header_mutations(r, path, "response"),
-                           typed_per_filter_config=self.per_filter_configs(r, path))
+                           typed_per_filter_config=self.per_filter_configs(r, path),
+                           per_request_buffer_limit_bytes=wrapped(r, "per_request_buffer_limit_bytes",
+                                                                  None))
 
     def route_match(self, m: Message, path: str) -> model.RouteMatch | None:
         self.only(m, path, ("prefix", "path", "safe_regex", "path_separated_prefix",
@@ -166,7 +182,7 @@ class RouteTranslator(TranslatorBase):
     def route_action(self, a: Message, path: str) -> model.RouteAction | None:
         self.only(a, path, ("cluster", "cluster_header", "weighted_clusters",
                             "cluster_not_found_response_code", "prefix_rewrite", "regex_rewrite",
-                            "host_rewrite_literal", "auto_host_rewrite", "timeout"))
+                            "host_rewrite_literal", "auto_host_rewrite", "timeout", "retry_policy"))
         spec = a.WhichOneof("cluster_specifier")
         if spec not in ("cluster", "cluster_header", "weighted_clusters"):
             self.error(path, "one of cluster, cluster_header or weighted_clusters is required")
@@ -205,7 +221,73 @@ class RouteTranslator(TranslatorBase):
             regex_rewrite=self.regex_rewrite(a, path),
             host_rewrite_literal=a.host_rewrite_literal or None,
             auto_host_rewrite=wrapped(a, "auto_host_rewrite", False),
-            timeout=optional_timeout(a, "timeout", 15.0))
+            timeout=optional_timeout(a, "timeout", 15.0),
+            retry_policy=(self.retry_policy(a.retry_policy, f"{path}.retry_policy")
+                          if a.HasField("retry_policy") else None))
+
+    # --- retries ------------------------------------------------------------------
+
+    def retry_policy(self, rp: Message, path: str) -> model.RetryPolicy | None:
+        self.only(rp, path, ("retry_on", "num_retries", "per_try_timeout", "retry_host_predicate",
+                             "host_selection_retry_max_attempts", "retriable_status_codes",
+                             "retry_back_off", "retriable_headers"))
+        retry_on = frozenset(t.strip() for t in rp.retry_on.split(",") if t.strip())
+        unknown = sorted(retry_on - RETRY_ON)
+        if unknown:     # Envoy warns and ignores them
+            self.warnings.append(f"{path}.retry_on: unknown retry_on token(s) {unknown} ignored")
+            retry_on = retry_on & RETRY_ON
+        base, top = 25, None
+        if rp.HasField("retry_back_off"):
+            bp = f"{path}.retry_back_off"
+            bo = rp.retry_back_off
+            self.only(bo, bp, ("base_interval", "max_interval"))
+            if not bo.HasField("base_interval"):
+                self.error(f"{bp}.base_interval", "value is required")
+            base_s = seconds(bo.base_interval)
+            if base_s <= 0:
+                self.error(f"{bp}.base_interval", "value must be greater than 0s")
+            base = max(int(base_s * 1000), 1)       # below 1 ms: rounded up to 1 ms (Envoy)
+            if bo.HasField("max_interval"):
+                top = max(int(seconds(bo.max_interval) * 1000), 1)
+                if top < base:
+                    self.error(f"{bp}.max_interval",
+                               "max_interval must be greater than or equal to the base_interval")
+        previous_hosts = False
+        for i, pred in enumerate(rp.retry_host_predicate):
+            pp = f"{path}.retry_host_predicate[{i}]"
+            self.only(pred, pp, ("name", "typed_config"))
+            if pred.typed_config.type_url.rsplit("/", 1)[-1] != PREVIOUS_HOSTS:
+                self.error(pp, f"retry host predicate {pred.name or pred.typed_config.type_url!r} "
+                               "is not supported by sidecar yet (only previous_hosts)")
+            previous_hosts = True
+        return model.RetryPolicy(
+            retry_on=retry_on, num_retries=wrapped(rp, "num_retries", 1),
+            per_try_timeout=optional_timeout(rp, "per_try_timeout", None),
+            retriable_status_codes=frozenset(rp.retriable_status_codes),
+            retriable_headers=tuple(each(rp.retriable_headers, f"{path}.retriable_headers",
+                                         self.header_matcher)),
+            base_interval_ms=base, max_interval_ms=top if top is not None else 10 * base,
+            previous_hosts=previous_hosts,
+            host_selection_retry_max_attempts=rp.host_selection_retry_max_attempts or 1)
+
+    def with_retry_policy(self, route: model.Route, vh: Message,
+                          vh_policy: model.RetryPolicy | None) -> model.Route:
+        """Fold the virtual host's retry settings into a forwarding route's action: the
+        route's own retry_policy wins whole over the virtual host's (as Envoy)."""
+        action = route.action
+        if type(action) is not model.RouteAction:
+            return route
+        policy = action.retry_policy or vh_policy
+        in_response, in_request = vh.include_attempt_count_in_response, vh.include_request_attempt_count
+        if policy is None and not in_response and not in_request:
+            return route
+        limit = route.per_request_buffer_limit_bytes
+        if limit is None:
+            limit = wrapped(vh, "per_request_buffer_limit_bytes", None)
+        policy = dataclasses.replace(policy or model.RetryPolicy(), buffer_limit=limit,
+                                     include_attempt_count_in_response=in_response,
+                                     include_request_attempt_count=in_request)
+        return dataclasses.replace(route, action=dataclasses.replace(action, retry_policy=policy))
 
     def regex_rewrite(self, a: Message, path: str) -> model.RegexRewrite | None:
         if not a.HasField("regex_rewrite"):

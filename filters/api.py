@@ -35,6 +35,7 @@ class FilterContext:
     stats: Any
     hcm: Any
     name: str = ""          # the filter's name in http_filters: the key of its per-route configs
+    buffer_limit: int = 1024 * 1024     # the listener's per_connection_buffer_limit_bytes
 
 
 class FilterFactory(Generic[C]):
@@ -46,6 +47,9 @@ class FilterFactory(Generic[C]):
     # Reads typed_per_filter_config on routes and virtual hosts (parsed with ``parse``);
     # per-route config for a filter without it is an error at load, as in Envoy.
     per_route: ClassVar[bool] = False
+    # Per-route message types other than ``type_url`` (Envoy's ...PerRoute, CorsPolicy):
+    # the registry finds this factory by them too.
+    per_route_type_urls: ClassVar[tuple[str, ...]] = ()
 
     def parse(self, message: Message, path: str) -> C:
         """Protobuf -> frozen config; raise config.errors.ConfigError(path, ...) when invalid."""

@@ -8,17 +8,26 @@ from typing import Any
 from google.protobuf.message import Message
 
 from filters.api import FilterFactory
+from filters.http.cors.factory import CorsFactory
 from filters.http.fault.factory import FaultFactory
+from filters.http.header_mutation.factory import HeaderMutationFactory
+from filters.http.local_ratelimit.factory import LocalRateLimitFactory
 from filters.http.router.factory import RouterFactory
 
 HTTP_FILTERS: tuple[FilterFactory[Any], ...] = (
     FaultFactory(),
+    LocalRateLimitFactory(),
+    HeaderMutationFactory(),
+    CorsFactory(),
     RouterFactory(),
 )
 
 _BY_KEY: dict[str, FilterFactory[Any]] = {}
 for _factory in HTTP_FILTERS:
     _BY_KEY[_factory.type_url] = _factory
+    # A per-route message type (Envoy's ...PerRoute) finds its factory too, as in Envoy.
+    for _url in _factory.per_route_type_urls:
+        _BY_KEY[_url] = _factory
     for _name in _factory.names:
         _BY_KEY[_name] = _factory
 

@@ -11,6 +11,7 @@ envoy_http_conn_manager_prefix="ingress_http"}``.
 
 from __future__ import annotations
 
+import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
@@ -117,6 +118,56 @@ class FaultStats(Scope):
     LABEL = "envoy_http_conn_manager_prefix"
 
 
+class CorsStats(Scope):
+    """http.<stat_prefix>.cors.*: the CORS filters of one http_connection_manager."""
+
+    COUNTERS = ("origin_invalid", "origin_valid")
+    __slots__ = COUNTERS
+    PROM_PREFIX = "envoy_http_cors_"
+    DOTTED_PREFIX = "http."
+    DOTTED_SUFFIX = "cors."
+    LABEL = "envoy_http_conn_manager_prefix"
+
+
+class LocalRateLimitStats(Scope):
+    """<stat_prefix>.http_local_rate_limit.*: the local_ratelimit filter's own stat_prefix (not
+    the connection manager's), at the root as Envoy's; Prometheus
+    envoy_http_local_rate_limit_ok{envoy_local_http_ratelimit_prefix="<stat_prefix>"}.
+
+    One scope per stat_prefix, shared by every filter (and per-route config) naming it, in
+    any connection manager: ``shared(http_stats, stat_prefix)``.  It is kept (and rendered)
+    under the first connection manager's scope that asked for it, through a subclass per
+    stat_prefix, so it renders once and its counters survive config updates.
+    """
+
+    COUNTERS = ("enabled", "enforced", "ok", "rate_limited", "shadow_mode")
+    __slots__ = COUNTERS + ("__weakref__",)
+    PROM_PREFIX = "envoy_http_local_rate_limit_"
+    DOTTED_SUFFIX = "http_local_rate_limit."
+    LABEL = "envoy_local_http_ratelimit_prefix"
+    STAT_PREFIX: ClassVar[str] = ""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(self.STAT_PREFIX)     # not the connection manager's prefix
+
+    @classmethod
+    def shared(cls, http: HttpStats, stat_prefix: str) -> LocalRateLimitStats:
+        scope = _LOCAL_RATE_LIMIT_LIVE.get(stat_prefix)
+        if scope is None:
+            kind = _LOCAL_RATE_LIMIT_KINDS.get(stat_prefix)
+            if kind is None:
+                kind = _LOCAL_RATE_LIMIT_KINDS[stat_prefix] = type(
+                    "LocalRateLimitStats", (cls,), {"__slots__": (), "STAT_PREFIX": stat_prefix})
+            scope = _LOCAL_RATE_LIMIT_LIVE[stat_prefix] = http.filter_scope(kind)
+        return scope
+
+
+_LOCAL_RATE_LIMIT_KINDS: dict[str, type[LocalRateLimitStats]] = {}
+# The live scope of each stat_prefix (gone with the StatsStore that renders it).
+_LOCAL_RATE_LIMIT_LIVE: weakref.WeakValueDictionary[str, LocalRateLimitStats] = \
+    weakref.WeakValueDictionary()
+
+
 class TcpStats(Scope):
     """tcp.<stat_prefix>.* of one tcp_proxy."""
 
@@ -151,6 +202,9 @@ class ClusterStats(Scope):
                 "upstream_cx_rx_bytes_total", "upstream_cx_tx_bytes_total",
                 "upstream_rq_total", "upstream_rq_timeout", "upstream_rq_rx_reset",
                 "upstream_rq_tx_reset", "upstream_rq_retry", "upstream_cx_none_healthy",
+                "upstream_rq_retry_success", "upstream_rq_retry_overflow",
+                "upstream_rq_retry_limit_exceeded", "upstream_rq_retry_backoff_exponential",
+                "upstream_rq_per_try_timeout",
                 "update_attempt", "update_success", "update_failure", "update_rejected")
     GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
               "membership_total", "membership_healthy", "membership_degraded")

@@ -39,7 +39,8 @@ class HcmContext:
         max_bytes = config.max_request_headers_kb * 1024
         max_count = config.max_headers_count
         self.new_request_parser: Callable[[], Any] = lambda: request_parser(max_bytes, max_count)
-        self.handler = build_chain(config, FilterContext(cluster_manager, stats, config))
+        self.handler = build_chain(config, FilterContext(cluster_manager, stats, config,
+                                                                 buffer_limit=buffer_limit))
         # With the router alone in the chain, the connection manager may use its
         # synchronous path (Router.start) and skip the coroutine machinery.
         enabled = [f for f in config.http_filters if not f.disabled]

@@ -9,6 +9,8 @@ from __future__ import annotations
 from sidecar.http.message import Response
 
 _RESET_PREFIX = "upstream connect error or disconnect/reset before headers. reset reason: "
+_RETRIED_PREFIX = ("upstream connect error or disconnect/reset before headers. "
+                   "retried and the latest reset reason: ")
 
 
 class LocalReply(Exception):
@@ -66,6 +68,16 @@ def upstream_protocol_error() -> LocalReply:
 
 def upstream_timeout() -> LocalReply:
     return LocalReply(504, b"upstream request timeout", "UT", "response_timeout")
+
+
+def after_retries(reply: LocalReply) -> LocalReply:
+    """The last attempt's failure once retries were made: Envoy words the reset body so."""
+    body = reply.body
+    if body.startswith(_RESET_PREFIX.encode()):
+        body = (_RETRIED_PREFIX.encode() + body[len(_RESET_PREFIX):])
+        return LocalReply(reply.status, body, reply.flag, reply.details, list(reply.headers),
+                          reply.close_connection)
+    return reply
 
 
 def build_response(reply: LocalReply, is_head: bool = False) -> Response:

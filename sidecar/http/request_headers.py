@@ -13,7 +13,13 @@ from sidecar.netinfo import is_loopback, local_address
 # Request headers not forwarded: the downstream hop's own (the router re-frames
 # the body and writes Host), and one Envoy always sets itself.
 DROPPED = frozenset(("connection", "keep-alive", "proxy-connection", "transfer-encoding",
-                     "upgrade", "content-length", "host", "x-envoy-expected-rq-timeout-ms"))
+                     "upgrade", "content-length", "host", "x-envoy-expected-rq-timeout-ms",
+                     # Envoy 1.40 strips these from every request it deems external, which
+                     # without internal_address_config is every request (so never honoured).
+                     "x-envoy-retry-on", "x-envoy-retry-grpc-on", "x-envoy-max-retries",
+                     "x-envoy-retriable-status-codes", "x-envoy-retriable-header-names",
+                     "x-envoy-upstream-rq-timeout-ms", "x-envoy-upstream-rq-per-try-timeout-ms",
+                     "x-envoy-hedge-on-per-try-timeout"))
 
 _random_hex = bytearray()     # pre-drawn random hex digits, consumed from the end
 

@@ -41,6 +41,7 @@ class ClusterRuntime:
         self.pools: dict[tuple[str, int], Http1Pool] = pools or {}
         self.task: asyncio.Task[None] | None = None
         self.initialized = asyncio.Event()
+        self.retries_active = 0           # retries in flight (the max_retries circuit breaker)
         if config.type == "STATIC":
             self.set_endpoints(config.endpoints)
 

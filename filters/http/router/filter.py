@@ -17,6 +17,7 @@ from typing import Any
 
 from config import model
 from filters.api import FilterContext
+from filters.http.router import retry
 from filters.http.router.factory import RouterConfig
 from filters.http.router.headers import apply_mutations, redirect_location
 from sidecar.codec.events import ResponseHead
@@ -36,18 +37,20 @@ HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "transfe
                         "upgrade", "te", "content-length"))
 
 
-# Request bytes held for resending on a fresh connection (see Router.exchange).
+# Request body bytes held for resending on a fresh connection (see Router.exchange)
+# when the route has no retry policy; with one, the retry buffer limit applies.
 REPLAY_LIMIT = 64 * 1024
 
 
 class _Sent:
-    """What one request has written upstream so far, kept while it fits REPLAY_LIMIT."""
+    """The request body written upstream so far, kept while it fits ``limit`` (for resending)."""
 
-    __slots__ = ("pieces", "size", "replayable", "finished", "written")
+    __slots__ = ("pieces", "size", "limit", "replayable", "finished", "written")
 
-    def __init__(self, head: bytes) -> None:
-        self.pieces = [head]
+    def __init__(self, limit: int = REPLAY_LIMIT) -> None:
+        self.pieces: list[bytes] = []
         self.size = 0
+        self.limit = limit
         self.replayable = True
         self.finished = False      # the whole body has been written
         self.written = False       # data() was taken once: later pieces go straight out
@@ -58,17 +61,17 @@ class _Sent:
                 self.pieces.append(piece)
             return
         self.size += len(piece)
-        if self.size > REPLAY_LIMIT:
+        if self.size > self.limit:
             self.replayable = False
             if self.written:
                 self.pieces = []
                 return
         self.pieces.append(piece)
 
-    def data(self) -> bytes:
+    def data(self, head: bytes) -> bytes:
         """Everything to write on a (new) connection: the head and the body held so far."""
         pieces = self.pieces
-        data = pieces[0] if len(pieces) == 1 else b"".join(pieces)
+        data = head + b"".join(pieces) if pieces else head
         self.written = True
         if not self.replayable:
             self.pieces = []
@@ -86,6 +89,7 @@ class Router:
         self.strip_response = (HOP_BY_HOP | {"server"}
                                if hcm.server_header_transformation == "OVERWRITE" else HOP_BY_HOP)
         self.loop = asyncio.get_event_loop()
+        self.buffer_limit = ctx.buffer_limit    # the retry buffer when the route sets none
 
     async def __call__(self, request: Request) -> Response:
         entry: RouteEntry | None = request.route
@@ -141,7 +145,7 @@ class Router:
         if entry is None or request.body is not None:
             return None
         action = entry.action
-        if type(action) is not model.RouteAction:
+        if type(action) is not model.RouteAction or action.retry_policy is not None:
             return None
         name, weighted = self.pick_cluster(request, action)
         cluster = self.clusters.get(name)
@@ -204,12 +208,16 @@ class Router:
         if host is None:
             cluster.stats.upstream_cx_none_healthy += 1
             raise local_reply.no_healthy_upstream()
+        if action.retry_policy is not None:
+            return await self.forward_retrying(request, entry, action, action.retry_policy,
+                                               weighted, cluster, host)
         stats, start = self.begin(request, name, cluster, host)
         timeout = action.timeout
         head = self.upstream_head(request, entry, action, weighted, host, timeout)
         try:
             response = await self.exchange(request, host, head,
-                                           None if timeout is None else start + timeout)
+                                           None if timeout is None else start + timeout,
+                                           held_body(request, REPLAY_LIMIT))
         except LocalReply as reply:
             count_reply(stats, reply)
             raise
@@ -217,6 +225,139 @@ class Router:
             stats.upstream_rq_active -= 1
             host.active_requests -= 1
         return self.respond(response, entry, weighted, stats, start)
+
+    async def forward_retrying(self, request: Request, entry: RouteEntry, action: model.RouteAction,
+                               policy: model.RetryPolicy, weighted: model.WeightedClusterEntry | None,
+                               cluster: Any, host: Any) -> Response:
+        """Forward under a retry policy (route's, else virtual host's), as Envoy's router.
+
+        Attempts go one after another; the route timeout spans them all, each one
+        also bounded by per_try_timeout.  The request body is held (up to the
+        route's per_request_buffer_limit_bytes, else the listener's buffer limit)
+        and replayed on each attempt; a body larger than that turns retries off.
+        """
+        loop = self.loop
+        info = request.info
+        stats = cluster.stats
+        start = loop.time()
+        timeout = action.timeout
+        deadline = None if timeout is None else start + timeout
+        per_try = policy.per_try_timeout
+        retries_left = policy.num_retries if policy.retry_on else 0
+        sent = held_body(request, policy.buffer_limit if policy.buffer_limit is not None
+                         else self.buffer_limit)
+        original_headers = request.headers
+        race_replay = not retry.retry_failure(policy, "reset")
+        backoff: retry.BackOff | None = None
+        attempted: list[Any] = []
+        attempt = 0
+        holding_retry = False       # a slot of the cluster's max_retries (circuit breaker)
+        try:
+            while True:
+                attempt += 1
+                attempted.append(host)
+                info.upstream_host = host.label
+                stats.upstream_rq_total += 1
+                stats.upstream_rq_active += 1
+                host.active_requests += 1
+                now = loop.time()
+                try_deadline = deadline
+                per_try_first = False
+                if per_try is not None and (deadline is None or now + per_try < deadline):
+                    try_deadline = now + per_try
+                    per_try_first = True
+                # x-envoy-expected-rq-timeout-ms: what this attempt may take.
+                if per_try_first:
+                    expected = per_try
+                elif attempt == 1 or deadline is None:
+                    expected = timeout
+                else:
+                    expected = deadline - now
+                request.headers = list(original_headers)
+                head = self.upstream_head(request, entry, action, weighted, host, expected,
+                                          attempt if policy.include_request_attempt_count else 0)
+                response: Response | None = None
+                failure: LocalReply | None = None
+                kind = ""
+                try:
+                    response = await self.exchange(request, host, head, try_deadline, sent,
+                                                   race_replay)
+                except LocalReply as reply:
+                    failure = reply
+                    if reply.flag == "UT":
+                        if per_try_first and (deadline is None or loop.time() < deadline):
+                            kind = "per_try_timeout"
+                            stats.upstream_rq_per_try_timeout += 1
+                            failure = LocalReply(504, b"upstream request timeout", "UT",
+                                                 "upstream_per_try_timeout")
+                        # else the route timeout: never retried
+                    elif reply.flag == "UF":
+                        kind = "connect"
+                    else:
+                        kind = "reset"      # UC, UPE: the attempt was reset before the head
+                finally:
+                    stats.upstream_rq_active -= 1
+                    host.active_requests -= 1
+                if response is not None:
+                    wants = sent.replayable and retry.retry_response(policy, response.status,
+                                                                    response.headers)
+                else:
+                    wants = bool(kind) and sent.replayable and retry.retry_failure(policy, kind)
+                if holding_retry:
+                    # The retried attempt has its outcome: the retry slot is free again.
+                    holding_retry = False
+                    cluster.retries_active -= 1
+                    if not wants:
+                        stats.upstream_rq_retry_success += 1
+                if wants:
+                    if retries_left == 0:
+                        stats.upstream_rq_retry_limit_exceeded += 1
+                        info.set_flag("URX")
+                        wants = False
+                    else:
+                        retries_left -= 1
+                        if cluster.retries_active >= retry.DEFAULT_MAX_RETRIES:
+                            stats.upstream_rq_retry_overflow += 1
+                            info.set_flag("UO")
+                            wants = False
+                if not wants:
+                    if response is not None:
+                        if policy.include_attempt_count_in_response:
+                            response.headers.append(("x-envoy-attempt-count", str(attempt)))
+                        return self.respond(response, entry, weighted, stats, start)
+                    assert failure is not None
+                    if attempt > 1:
+                        failure = local_reply.after_retries(failure)
+                    if policy.include_attempt_count_in_response:
+                        failure.headers.append(("x-envoy-attempt-count", str(attempt)))
+                    count_reply(stats, failure)
+                    raise failure
+                # Retry: drop this attempt's response, wait the back-off, pick a host.
+                if response is not None and type(response.body) is not bytes and response.on_complete:
+                    response.on_complete(False)         # a streamed body: abort its connection
+                cluster.retries_active += 1
+                holding_retry = True
+                stats.upstream_rq_retry += 1
+                stats.upstream_rq_retry_backoff_exponential += 1
+                if backoff is None:
+                    backoff = retry.BackOff(policy.base_interval_ms, policy.max_interval_ms)
+                delay = backoff.next_backoff_ms() / 1000
+                if deadline is not None and loop.time() + delay >= deadline:
+                    await asyncio.sleep(max(deadline - loop.time(), 0.0))
+                    late = local_reply.upstream_timeout()
+                    if policy.include_attempt_count_in_response:
+                        late.headers.append(("x-envoy-attempt-count", str(attempt)))
+                    count_reply(stats, late)
+                    raise late
+                if delay:
+                    await asyncio.sleep(delay)
+                host = retry.next_host(cluster, policy, attempted)
+                if host is None:
+                    stats.upstream_cx_none_healthy += 1
+                    raise local_reply.no_healthy_upstream()
+        finally:
+            if holding_retry:
+                cluster.retries_active -= 1
 
     def begin(self, request: Request, name: str, cluster: Any, host: Any) -> tuple[Any, float]:
         """Account for one upstream request: stream info, cluster stats, host load; returns (stats, start)."""
@@ -240,7 +381,7 @@ class Router:
 
     def upstream_head(self, request: Request, entry: RouteEntry, action: model.RouteAction,
                       weighted: model.WeightedClusterEntry | None, host: Any,
-                      timeout: float | None) -> bytes:
+                      timeout: float | None, attempt: int = 0) -> bytes:
         headers = request.headers
         path = request.path
         authority = request.authority
@@ -260,6 +401,8 @@ class Router:
             # Envoy tells the upstream how long it will wait (the connection manager
             # already dropped any value the client sent).
             headers.append(("x-envoy-expected-rq-timeout-ms", str(int(timeout * 1000))))
+        if attempt:
+            headers.append(("x-envoy-attempt-count", str(attempt)))   # include_request_attempt_count
         if weighted is not None and weighted.request_headers is not None:
             headers = apply_mutations(headers, weighted.request_headers)
         for mutations in entry.request_mutations:
@@ -275,34 +418,25 @@ class Router:
         return serialize_request_head(request.method, path, [("host", authority), *headers])
 
     async def exchange(self, request: Request, host: Any, head: bytes,
-                       deadline: float | None) -> Response:
+                       deadline: float | None, sent: _Sent, race_replay: bool = True) -> Response:
         """Send the request on a pooled connection; return the response head with its body.
 
-        A reused connection that the upstream had already closed (no response
-        byte received) is retried once on a fresh connection, when everything
-        sent so far is still held (the body up to REPLAY_LIMIT): the classic
-        keep-alive race behind "503 UC".
+        ``sent`` holds the request body read so far (``held_body``), and keeps what
+        is streamed while it fits its limit.  A reused connection that the upstream
+        had already closed (no response byte received) is retried once on a fresh
+        connection, when everything sent so far is still held: the classic
+        keep-alive race behind "503 UC" (not when ``race_replay`` is off: a retry
+        policy that retries resets handles it, as in Envoy).
         """
         body = request.body
         chunked = request.chunked
-        sent = _Sent(head)
-        if body is not None:
-            first = body.read_nowait()   # type: ignore[union-attr]
-            if first:
-                sent.add(encode_chunk(first) if chunked else first)
-            if body.complete:            # type: ignore[union-attr]
-                if chunked:
-                    sent.add(encode_last_chunk(body.trailers) if body.trailers else LAST_CHUNK)  # type: ignore[union-attr]
-                sent.finished = True
-        else:
-            sent.finished = True
         pool = host.pool
         for attempt in (1, 2):
             conn = pool.take_idle()
             reused = conn is not None
             if conn is None:
                 conn = await pool.connect(deadline)
-            waiter = conn.send_head(sent.data(), request.method)
+            waiter = conn.send_head(sent.data(head), request.method)
             assert waiter is not None
             if deadline is not None:
                 conn.route_deadline.set(deadline)
@@ -312,7 +446,8 @@ class Router:
                 conn.finish_request()
                 response_head, response_body = await waiter
             except UpstreamClosed as closed:
-                if reused and sent.replayable and attempt == 1 and not closed.received_any:
+                if (reused and sent.replayable and attempt == 1 and not closed.received_any
+                        and race_replay):
                     continue
                 raise reply_for(closed) from None
             except (UpstreamTimeout, UpstreamProtocolError) as e:
@@ -370,9 +505,27 @@ class Router:
         return response
 
 
+def held_body(request: Request, limit: int) -> _Sent:
+    """The request body at hand (whatever has arrived), held for resending up to ``limit``."""
+    sent = _Sent(limit)
+    body = request.body
+    if body is None:
+        sent.finished = True
+        return sent
+    chunked = request.chunked
+    first = body.read_nowait()   # type: ignore[union-attr]
+    if first:
+        sent.add(encode_chunk(first) if chunked else first)
+    if body.complete:            # type: ignore[union-attr]
+        if chunked:
+            sent.add(encode_last_chunk(body.trailers) if body.trailers else LAST_CHUNK)  # type: ignore[union-attr]
+        sent.finished = True
+    return sent
+
+
 def count_reply(stats: Any, reply: LocalReply) -> None:
     """An upstream request that ended in a local reply counts as that status (504: a timeout)."""
-    if reply.status == 504:
+    if reply.status == 504 and reply.details == "response_timeout":
         stats.upstream_rq_timeout += 1
     stats.count_response(reply.status)
 

@@ -1,0 +1,1 @@
+"""envoy.filters.http.cors: CORS preflights answered locally, access-control-* headers added."""

@@ -144,6 +144,11 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         if not authority:
             self._reject(400, "", "missing_host_header")
             return
+        if "#" in target:
+            # A fragment never belongs in a request target: Envoy refuses it while
+            # normalizing the path, before routing.
+            self._reject(400, "", "path_normalization_failed")
+            return
         if head.upgrade:
             # No upgrade_configs support yet: Envoy answers 403 for an unconfigured upgrade.
             self._reject(403, "", "upgrade_failed")

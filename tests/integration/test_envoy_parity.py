@@ -187,6 +187,7 @@ def test_demo_example_runs_the_same():
     b"BLAH\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nX-Big: " + b"b" * 70000 + b"\r\n\r\n",
     b"GET / HTTP/1.1\r\nHost: a\r\nUpgrade: websocket\r\nConnection: Upgrade\r\n\r\n",
+    b"GET /a?x=1#frag HTTP/1.1\r\nHost: a\r\n\r\n",
 ])
 def test_rejections_match(raw):
     routes = [{"match": {"prefix": "/"}, "route": {"cluster": "app"}}]

@@ -311,6 +311,14 @@ class Cluster:
     eds_service_name: str = ""                  # EDS: the ClusterLoadAssignment to ask for
     eds_config_source: ConfigSource | None = None
     http2: bool = False                         # a gRPC service target (xDS); not routable yet
+    # circuit_breakers.thresholds, priority DEFAULT (Envoy's defaults when unset)
+    max_connections: int = 1024
+    max_pending_requests: int = 1024
+    max_requests: int = 1024
+    max_retries: int = 3
+    retry_budget_percent: float | None = None   # retry_budget set: it replaces max_retries
+    retry_budget_min_concurrency: int = 3
+    track_remaining: bool = False
 
 
 # --- bootstrap -------------------------------------------------------------------

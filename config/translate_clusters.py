@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import ipaddress
+from typing import Any
 
 from google.protobuf.message import Message
 
@@ -20,7 +21,7 @@ class ClusterTranslator(TranslatorBase):
                             "per_connection_buffer_limit_bytes", "common_http_protocol_options",
                             "typed_extension_protocol_options", "max_requests_per_connection",
                             "least_request_lb_config", "metadata", "alt_stat_name",
-                            "common_lb_config", "eds_cluster_config"))
+                            "common_lb_config", "eds_cluster_config", "circuit_breakers"))
         if not c.name:
             self.error(f"{path}.name", "value length must be at least 1 characters")
         ctype = {0: "STATIC", 1: "STRICT_DNS", 3: "EDS"}.get(c.type)
@@ -55,6 +56,7 @@ class ClusterTranslator(TranslatorBase):
                 if not 0 <= panic <= 100:
                     self.error(f"{path}.common_lb_config.healthy_panic_threshold",
                                "value must be inside range [0, 100]")
+        breakers = self.circuit_breakers(c, path)
         idle, max_requests, http2 = self.upstream_http_options(c, path)
         endpoints = self.load_assignment(c.load_assignment, f"{path}.load_assignment", ctype)
         family = {0: "AUTO", 1: "V4_ONLY", 2: "V6_ONLY", 3: "V4_PREFERRED", 4: "ALL"}[
@@ -69,7 +71,45 @@ class ClusterTranslator(TranslatorBase):
             dns_refresh_rate=(seconds(c.dns_refresh_rate)
                               if c.HasField("dns_refresh_rate") else 5.0),
             dns_lookup_family=family, healthy_panic_threshold=panic,
-            eds_service_name=eds_service_name, eds_config_source=eds_source, http2=http2)
+            eds_service_name=eds_service_name, eds_config_source=eds_source, http2=http2,
+            **breakers)
+
+    def circuit_breakers(self, c: Message, path: str) -> dict[str, Any]:
+        """circuit_breakers.thresholds of priority DEFAULT as Cluster fields (HIGH is accepted
+        and unused: routes have no priority, so every request is DEFAULT)."""
+        out: dict[str, Any] = {}
+        if not c.HasField("circuit_breakers"):
+            return out
+        cb = c.circuit_breakers
+        cb_path = f"{path}.circuit_breakers"
+        self.only(cb, cb_path, ("thresholds",))
+        seen: set[int] = set()
+        for i, t in enumerate(cb.thresholds):
+            tp = f"{cb_path}.thresholds[{i}]"
+            self.only(t, tp, ("priority", "max_connections", "max_pending_requests",
+                              "max_requests", "max_retries", "retry_budget", "track_remaining"))
+            if t.priority not in (0, 1):
+                self.error(f"{tp}.priority", "value must be one of the defined enum values")
+                continue
+            if t.priority in seen:
+                continue        # Envoy: the first threshold of a priority wins
+            seen.add(t.priority)
+            if t.priority != 0:
+                continue
+            out["max_connections"] = wrapped(t, "max_connections", 1024)
+            out["max_pending_requests"] = wrapped(t, "max_pending_requests", 1024)
+            out["max_requests"] = wrapped(t, "max_requests", 1024)
+            out["max_retries"] = wrapped(t, "max_retries", 3)
+            out["track_remaining"] = bool(t.track_remaining)
+            if t.HasField("retry_budget"):
+                budget = t.retry_budget
+                self.only(budget, f"{tp}.retry_budget", ("budget_percent", "min_retry_concurrency"))
+                percent = budget.budget_percent.value if budget.HasField("budget_percent") else 20.0
+                if not 0 <= percent <= 100:
+                    self.error(f"{tp}.retry_budget.budget_percent", "value must be inside range [0, 100]")
+                out["retry_budget_percent"] = percent
+                out["retry_budget_min_concurrency"] = wrapped(budget, "min_retry_concurrency", 3)
+        return out
 
     def upstream_http_options(self, c: Message, path: str) -> tuple[float | None, int, bool]:
         """Idle timeout, max requests per pooled connection (from either place Envoy reads

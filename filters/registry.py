@@ -12,9 +12,11 @@ from filters.http.cors.factory import CorsFactory
 from filters.http.fault.factory import FaultFactory
 from filters.http.header_mutation.factory import HeaderMutationFactory
 from filters.http.local_ratelimit.factory import LocalRateLimitFactory
+from filters.http.rbac.factory import RbacFactory
 from filters.http.router.factory import RouterFactory
 
 HTTP_FILTERS: tuple[FilterFactory[Any], ...] = (
+    RbacFactory(),
     FaultFactory(),
     LocalRateLimitFactory(),
     HeaderMutationFactory(),

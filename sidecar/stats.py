@@ -204,11 +204,12 @@ class ClusterStats(Scope):
                 "upstream_rq_tx_reset", "upstream_rq_retry", "upstream_cx_none_healthy",
                 "upstream_rq_retry_success", "upstream_rq_retry_overflow",
                 "upstream_rq_retry_limit_exceeded", "upstream_rq_retry_backoff_exponential",
-                "upstream_rq_per_try_timeout",
+                "upstream_rq_per_try_timeout", "upstream_cx_overflow", "upstream_rq_pending_overflow",
+                "upstream_rq_active_overflow", "upstream_rq_pending_total",
                 "update_attempt", "update_success", "update_failure", "update_rejected")
     GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
               "membership_total", "membership_healthy", "membership_degraded")
-    __slots__ = COUNTERS + GAUGES + ("codes",)
+    __slots__ = COUNTERS + GAUGES + ("codes", "circuit_breakers")
     PROM_PREFIX = "envoy_cluster_"
     DOTTED_PREFIX = "cluster."
     LABEL = "envoy_cluster_name"
@@ -218,11 +219,33 @@ class ClusterStats(Scope):
     def __init__(self, name: str) -> None:
         super().__init__(name)
         self.codes: dict[int, int] = {}     # upstream_rq_<code>
+        # cluster.<name>.circuit_breakers.default.*, read from the live cluster at render time
+        self.circuit_breakers: CircuitBreakerStats | None = None
 
     def count_response(self, status: int) -> None:
         """The response returned for one upstream request (not each retried attempt)."""
         self.count_class(status)
         self.codes[status] = self.codes.get(status, 0) + 1
+
+
+class CircuitBreakerStats(Scope):
+    """cluster.<name>.circuit_breakers.default.*: gauges computed when rendered, by ``read``
+    (the cluster's open flags and, with track_remaining, the remaining_* counts), so the
+    request path only keeps the counts it has anyway."""
+
+    __slots__ = ("read",)
+    PROM_PREFIX = "envoy_cluster_circuit_breakers_default_"
+    DOTTED_PREFIX = "cluster."
+    DOTTED_SUFFIX = "circuit_breakers.default."
+    LABEL = "envoy_cluster_name"
+
+    def __init__(self, name: str, read: Callable[[], list[tuple[str, int]]]) -> None:
+        super().__init__(name)
+        self.read = read
+
+    def values(self) -> Iterator[tuple[str, int, bool]]:
+        for stat, value in self.read():
+            yield stat, value, False
 
 
 class ServerStats(Scope):
@@ -314,6 +337,8 @@ class StatsStore:
         for group in (self.cluster, self.http, self.listener, self.tcp):
             for scope in list(group.values()):
                 yield scope
+                if isinstance(scope, ClusterStats) and scope.circuit_breakers is not None:
+                    yield scope.circuit_breakers
                 if isinstance(scope, HttpStats):
                     yield from list(scope.filters.values())
 

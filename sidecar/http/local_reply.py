@@ -66,6 +66,13 @@ def upstream_protocol_error() -> LocalReply:
                       "upstream_reset_before_response_started{protocol_error}")
 
 
+def overflow() -> LocalReply:
+    """A circuit breaker of the cluster is open: the request is not sent."""
+    return LocalReply(503, (_RESET_PREFIX + "overflow").encode(), "UO",
+                      "upstream_reset_before_response_started{overflow}",
+                      [("x-envoy-overloaded", "true")])
+
+
 def upstream_timeout() -> LocalReply:
     return LocalReply(504, b"upstream request timeout", "UT", "response_timeout")
 

@@ -14,7 +14,7 @@ from collections.abc import Callable
 from typing import Any
 
 from config import model
-from sidecar.stats import ClusterStats, StatsStore
+from sidecar.stats import CircuitBreakerStats, ClusterStats, StatsStore
 from sidecar.upstream.host import Host
 from sidecar.upstream.lb import LoadBalancer, build_lb
 from sidecar.upstream.pool import Http1Pool
@@ -41,9 +41,50 @@ class ClusterRuntime:
         self.pools: dict[tuple[str, int], Http1Pool] = pools or {}
         self.task: asyncio.Task[None] | None = None
         self.initialized = asyncio.Event()
+        # Circuit breakers (priority DEFAULT), checked against the counts the stats keep
+        # anyway: upstream_rq_active, upstream_rq_pending_active, upstream_cx_active.
+        self.max_connections = config.max_connections
+        self.max_pending_requests = config.max_pending_requests
+        self.max_requests = config.max_requests
         self.retries_active = 0           # retries in flight (the max_retries circuit breaker)
+        self.connecting = 0               # connections being opened (count against max_connections)
+        stats.circuit_breakers = CircuitBreakerStats(self.name, self.breaker_gauges)
+        for pool in self.pools.values():
+            pool.breaker = self
         if config.type == "STATIC":
             self.set_endpoints(config.endpoints)
+
+    def retry_limit(self) -> int:
+        """Retries allowed in flight: max_retries, or with a retry_budget budget_percent of
+        the active and pending requests, at least min_retry_concurrency (as Envoy)."""
+        c = self.config
+        if c.retry_budget_percent is None:
+            return c.max_retries
+        s = self.stats
+        return max(c.retry_budget_min_concurrency,
+                   int(c.retry_budget_percent * (s.upstream_rq_active + s.upstream_rq_pending_active)
+                       / 100))
+
+    def connections(self) -> int:
+        return self.stats.upstream_cx_active + self.connecting
+
+    def breaker_gauges(self) -> list[tuple[str, int]]:
+        """circuit_breakers.default.* as Envoy's /stats shows them."""
+        s = self.stats
+        c = self.config
+        retry_limit = self.retry_limit()
+        cx, pending, rq = self.connections(), s.upstream_rq_pending_active, s.upstream_rq_active
+        # Envoy sets an open gauge when its count moves: a limit of 0 never taken stays closed.
+        out = [("cx_open", int(0 < cx >= c.max_connections)), ("cx_pool_open", 0),
+               ("rq_open", int(0 < rq >= c.max_requests)),
+               ("rq_pending_open", int(0 < pending >= c.max_pending_requests)),
+               ("rq_retry_open", int(0 < self.retries_active >= retry_limit))]
+        if c.track_remaining:
+            out += [("remaining_cx", max(c.max_connections - cx, 0)),
+                    ("remaining_pending", max(c.max_pending_requests - pending, 0)),
+                    ("remaining_retries", max(retry_limit - self.retries_active, 0)),
+                    ("remaining_rq", max(c.max_requests - rq, 0))]
+        return out
 
     def set_endpoints(self, endpoints: tuple[model.Endpoint, ...]) -> None:
         """STATIC endpoints, or an EDS ClusterLoadAssignment's."""
@@ -64,7 +105,7 @@ class ClusterRuntime:
                 pool = Http1Pool(h.address, h.port, self.stats, self.parser_factory,
                                  c.connect_timeout, c.idle_timeout,
                                  c.max_requests_per_connection,
-                                 c.per_connection_buffer_limit_bytes)
+                                 c.per_connection_buffer_limit_bytes, self)
             pools[key] = pool
             h.pool = pool
         for key, pool in self.pools.items():

@@ -22,7 +22,7 @@ log = logging.getLogger(__name__)
 class Http1Pool:
     def __init__(self, address: str, port: int, stats: ClusterStats, parser_factory: Callable[[], Any],
                  connect_timeout: float, idle_timeout: float | None,
-                 max_requests_per_connection: int, buffer_limit: int) -> None:
+                 max_requests_per_connection: int, buffer_limit: int, breaker: Any = None) -> None:
         self.address = address
         self.port = port
         self.stats = stats
@@ -34,6 +34,13 @@ class Http1Pool:
         self.idle: list[Http1UpstreamConnection] = []     # LIFO: the warmest connection first
         self.busy: set[Http1UpstreamConnection] = set()
         self.closed = False
+        # The cluster (ClusterRuntime) whose circuit breakers bound this pool: max_connections
+        # (with ``connecting``), max_pending_requests.  None: unbounded (unit tests).
+        self.breaker = breaker
+        self.connecting = 0
+        # Requests waiting for a connection to free up (max_connections reached): each gets
+        # a released connection, or None when a connection closed (connect anew).
+        self.waiters: list[asyncio.Future[Http1UpstreamConnection | None]] = []
 
     def __repr__(self) -> str:
         return f"<Http1Pool {self.address}:{self.port} idle={len(self.idle)} busy={len(self.busy)}>"
@@ -48,6 +55,57 @@ class Http1Pool:
                 self.busy.add(conn)
                 return conn
         return None
+
+    async def acquire(self, deadline: float | None = None) -> Http1UpstreamConnection:
+        """A connection for a request that found no idle one, as Envoy's pool: the request
+        is pending (bounded by max_pending_requests, else 503 UO) until a new connection is
+        up, or, at max_connections, until a busy one is released.  A pool without any
+        connection always opens one (as Envoy)."""
+        breaker = self.breaker
+        if breaker is None:
+            return await self.connect(deadline)
+        stats = self.stats
+        if stats.upstream_rq_pending_active >= breaker.max_pending_requests:
+            stats.upstream_rq_pending_overflow += 1
+            raise local_reply.overflow()
+        stats.upstream_rq_pending_total += 1
+        stats.upstream_rq_pending_active += 1
+        try:
+            if (breaker.connections() < breaker.max_connections
+                    or not (self.busy or self.idle or self.connecting)):
+                return await self.connect(deadline)
+            stats.upstream_cx_overflow += 1
+            loop = asyncio.get_running_loop()
+            waiter: asyncio.Future[Http1UpstreamConnection | None] = loop.create_future()
+            self.waiters.append(waiter)
+            try:
+                async with asyncio.timeout_at(deadline):
+                    conn = await waiter
+            except TimeoutError:
+                raise local_reply.upstream_timeout() from None
+            except BaseException:
+                handed = waiter.result() if waiter.done() and not waiter.cancelled() else None
+                if handed is not None:
+                    self.release(handed)        # handed over just as the request went away
+                raise
+            finally:
+                if waiter in self.waiters:
+                    self.waiters.remove(waiter)
+            if conn is None:
+                return await self.connect(deadline)
+            return conn
+        finally:
+            stats.upstream_rq_pending_active -= 1
+
+    def _wake(self, conn: Http1UpstreamConnection | None) -> bool:
+        """Hand ``conn`` (or a free connection slot: None) to the first waiting request."""
+        waiters = self.waiters
+        while waiters:
+            waiter = waiters.pop(0)
+            if not waiter.done():
+                waiter.set_result(conn)
+                return True
+        return False
 
     async def connect(self, deadline: float | None = None) -> Http1UpstreamConnection:
         """A new connection, within connect_timeout and the route's ``deadline`` (loop time).
@@ -64,11 +122,17 @@ class Http1Pool:
         if deadline is not None and deadline - loop.time() < timeout:
             timeout = max(deadline - loop.time(), 0.0)
             route_deadline_first = True
+        breaker = self.breaker
+        if breaker is not None:
+            breaker.connecting += 1
+        self.connecting += 1
+        connected = False
         try:
             async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
                     lambda: Http1UpstreamConnection(self, self.parser_factory(), self.buffer_limit),
                     self.address, self.port)
+            connected = True
         except TimeoutError:
             stats.upstream_cx_connect_fail += 1
             stats.upstream_cx_connect_timeout += 1
@@ -79,6 +143,12 @@ class Http1Pool:
             stats.upstream_cx_connect_fail += 1
             log.debug("connect to %s:%s failed: %s", self.address, self.port, e)
             raise local_reply.connect_failure(os.strerror(e.errno) if e.errno else "") from None
+        finally:
+            self.connecting -= 1
+            if breaker is not None:
+                breaker.connecting -= 1
+            if not connected and self.waiters:
+                self._wake(None)        # a failed connect frees its slot
         stats.upstream_cx_active += 1
         self.busy.add(conn)
         return conn
@@ -93,6 +163,9 @@ class Http1Pool:
             if not conn.closed:
                 self.stats.upstream_cx_destroy_local += 1
                 conn.transport.close()  # type: ignore[union-attr]
+            return
+        if self.waiters and self._wake(conn):
+            self.busy.add(conn)         # straight to a request waiting for a connection
             return
         if self.idle_timeout is not None:
             conn.idle_deadline.set(conn.idle_deadline.loop.time() + self.idle_timeout)
@@ -115,10 +188,14 @@ class Http1Pool:
             # Closed by the upstream while idle in the pool.
             stats.upstream_cx_destroy_remote += 1
             self.idle.remove(conn)
+        if self.waiters:
+            self._wake(None)            # its slot is free: a waiting request connects
 
     def close(self) -> None:
         """Close idle connections now; busy ones close when their exchange ends."""
         self.closed = True
+        while self.waiters and self._wake(None):
+            pass                        # requests waiting for a connection connect anew
         for conn in self.idle:
             conn.transport.close()  # type: ignore[union-attr]
         self.idle.clear()

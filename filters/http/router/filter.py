@@ -149,8 +149,8 @@ class Router:
             return None
         name, weighted = self.pick_cluster(request, action)
         cluster = self.clusters.get(name)
-        if cluster is None:
-            return None
+        if cluster is None or cluster.stats.upstream_rq_active >= cluster.max_requests:
+            return None     # (max_requests reached: the coroutine path answers 503 UO)
         host = cluster.choose_host()
         if host is None:
             return None
@@ -208,6 +208,8 @@ class Router:
         if host is None:
             cluster.stats.upstream_cx_none_healthy += 1
             raise local_reply.no_healthy_upstream()
+        if cluster.stats.upstream_rq_active >= cluster.max_requests:
+            raise self.overflow(cluster.stats, local_reply.overflow(), active=True)
         if action.retry_policy is not None:
             return await self.forward_retrying(request, entry, action, action.retry_policy,
                                                weighted, cluster, host)
@@ -219,12 +221,25 @@ class Router:
                                            None if timeout is None else start + timeout,
                                            held_body(request, REPLAY_LIMIT))
         except LocalReply as reply:
+            if reply.flag == "UO":      # max_pending_requests: never sent
+                stats.upstream_rq_total -= 1
+                raise self.overflow(stats, reply) from None
             count_reply(stats, reply)
             raise
         finally:
             stats.upstream_rq_active -= 1
             host.active_requests -= 1
         return self.respond(response, entry, weighted, stats, start)
+
+    def overflow(self, stats: Any, reply: LocalReply, active: bool = False) -> LocalReply:
+        """A circuit breaker stopped the request: count it (upstream_rq_active_overflow for
+        max_requests; the pool counted max_pending_requests) and the 503 UO answered."""
+        if active:
+            stats.upstream_rq_active_overflow += 1
+        if self.suppress_envoy_headers:
+            reply.headers = [h for h in reply.headers if h[0] != "x-envoy-overloaded"]
+        count_reply(stats, reply)
+        return reply
 
     async def forward_retrying(self, request: Request, entry: RouteEntry, action: model.RouteAction,
                                policy: model.RetryPolicy, weighted: model.WeightedClusterEntry | None,
@@ -255,6 +270,8 @@ class Router:
         try:
             while True:
                 attempt += 1
+                if stats.upstream_rq_active >= cluster.max_requests:
+                    raise self.overflow(stats, local_reply.overflow(), active=True)
                 attempted.append(host)
                 info.upstream_host = host.label
                 stats.upstream_rq_total += 1
@@ -293,6 +310,9 @@ class Router:
                         # else the route timeout: never retried
                     elif reply.flag == "UF":
                         kind = "connect"
+                    elif reply.flag == "UO":    # max_pending_requests: never sent, not retried
+                        stats.upstream_rq_total -= 1
+                        raise self.overflow(stats, reply) from None
                     else:
                         kind = "reset"      # UC, UPE: the attempt was reset before the head
                 finally:
@@ -316,7 +336,7 @@ class Router:
                         wants = False
                     else:
                         retries_left -= 1
-                        if cluster.retries_active >= retry.DEFAULT_MAX_RETRIES:
+                        if cluster.retries_active >= cluster.retry_limit():
                             stats.upstream_rq_retry_overflow += 1
                             info.set_flag("UO")
                             wants = False
@@ -435,7 +455,7 @@ class Router:
             conn = pool.take_idle()
             reused = conn is not None
             if conn is None:
-                conn = await pool.connect(deadline)
+                conn = await pool.acquire(deadline)
             waiter = conn.send_head(sent.data(head), request.method)
             assert waiter is not None
             if deadline is not None:

@@ -33,9 +33,8 @@ RESET_CONDITIONS = frozenset(("5xx", "gateway-error", "reset"))
 CONNECT_CONDITIONS = frozenset(("5xx", "gateway-error", "reset", "connect-failure",
                                 "reset-before-request"))
 
-# The circuit breaker's max_retries when a cluster configures none (Envoy's default):
-# retries in flight at once per cluster.
-DEFAULT_MAX_RETRIES = 3
+# Retries in flight at once per cluster are bounded by the cluster's circuit breaker
+# (ClusterRuntime.retry_limit: max_retries, default 3, or the retry budget).
 
 
 def retry_response(policy: model.RetryPolicy, status: int, headers: list[tuple[str, str]]) -> bool:

@@ -1,0 +1,1 @@
+"""envoy.filters.http.rbac: role based access control (Istio's AuthorizationPolicy)."""

@@ -13,11 +13,13 @@ from typing import Any, ClassVar, Generic, Protocol, TypeVar
 
 from google.protobuf.message import Message
 
+from config import model
+
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import Request, Response
 
 __all__ = ["Handler", "HttpFilter", "FilterFactory", "FilterContext", "LocalReply",
-           "Request", "Response"]
+           "Request", "Response", "request_config"]
 
 Handler = Callable[[Request], Awaitable[Response]]
 C = TypeVar("C")
@@ -58,3 +60,18 @@ class FilterFactory(Generic[C]):
     def create(self, config: C, ctx: FilterContext) -> HttpFilter | Handler:
         """A filter instance for one filter chain (called once per chain)."""
         raise NotImplementedError
+
+
+def request_config(request: Request, name: str, default: C, kind: type[C]) -> C | None:
+    """The config a filter applies to this request: the route's most specific
+    typed_per_filter_config under the filter's ``name`` when it is one of this
+    filter's configs (``kind``: Envoy's dynamic_cast, a config of another
+    filter's type is not this one's), else ``default``; None when the route
+    disables the filter (FilterConfig{disabled: true})."""
+    entry = request.route
+    if entry is None:
+        return default
+    per_route = entry.per_filter_config.get(name)
+    if per_route is model.FILTER_DISABLED:
+        return None
+    return per_route if isinstance(per_route, kind) else default

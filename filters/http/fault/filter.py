@@ -15,8 +15,7 @@ import asyncio
 import random
 from collections.abc import Callable
 
-from config import model
-from filters.api import Handler, LocalReply, Request, Response
+from filters.api import Handler, LocalReply, Request, Response, request_config
 from filters.http.fault.factory import AbortFault, DelayFault, FaultConfig, Percent
 from sidecar.http.route_table import headers_match
 from sidecar.stats import FaultStats
@@ -47,15 +46,9 @@ class FaultFilter:
         self.randrange = randrange        # injectable for tests
 
     async def __call__(self, request: Request, next: Handler, /) -> Response:
-        settings = self.config
-        entry = request.route
-        if entry is not None:
-            per_route = entry.per_filter_config.get(self.name)
-            if per_route is model.FILTER_DISABLED:
-                return await next(request)
-            # (Envoy's dynamic_cast: a config of another filter's type is not this one's)
-            if isinstance(per_route, FaultConfig):
-                settings = per_route
+        settings = request_config(request, self.name, self.config, FaultConfig)
+        if settings is None:
+            return await next(request)
         if settings.delay is None and settings.abort is None:
             return await next(request)
         if not self.matches(settings, request):

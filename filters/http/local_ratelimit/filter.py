@@ -15,8 +15,7 @@ import random
 from collections.abc import Callable
 from typing import Any
 
-from config import model
-from filters.api import Handler, LocalReply, Request, Response
+from filters.api import Handler, LocalReply, Request, Response, request_config
 from filters.http.fault.filter import HTTP_TO_GRPC, is_grpc
 from filters.http.local_ratelimit.factory import LocalRateLimitConfig, Percent
 from filters.http.router.headers import apply_mutations
@@ -41,14 +40,9 @@ class LocalRateLimitFilter:
             LocalRateLimitStats.shared(http_stats, prefix)
 
     async def __call__(self, request: Request, next: Handler, /) -> Response:
-        settings = self.config
-        entry = request.route
-        if entry is not None:
-            per_route = entry.per_filter_config.get(self.name)
-            if per_route is model.FILTER_DISABLED:
-                return await next(request)
-            if isinstance(per_route, LocalRateLimitConfig):
-                settings = per_route
+        settings = request_config(request, self.name, self.config, LocalRateLimitConfig)
+        if settings is None:
+            return await next(request)
         if settings is None or not self.draw(settings.filter_enabled):
             return await next(request)
         stats = LocalRateLimitStats.shared(self.http_stats, settings.stat_prefix)

@@ -13,8 +13,7 @@ from __future__ import annotations
 import ipaddress
 from typing import Any
 
-from config import model
-from filters.api import Handler, LocalReply, Request, Response
+from filters.api import Handler, LocalReply, Request, Response, request_config
 from filters.http.fault.filter import HTTP_TO_GRPC, is_grpc
 from filters.http.rbac.factory import RbacConfig, Rule, Rules
 from filters.http.rbac.stats import Counters
@@ -136,14 +135,9 @@ class RbacFilter:
                                  self.config.shadow_rules_stat_prefix)
 
     async def __call__(self, request: Request, next: Handler, /) -> Response:
-        settings = self.config
-        entry = request.route
-        if entry is not None:
-            per_route = entry.per_filter_config.get(self.name)
-            if per_route is model.FILTER_DISABLED:
-                return await next(request)
-            if isinstance(per_route, RbacConfig):
-                settings = per_route
+        settings = request_config(request, self.name, self.config, RbacConfig)
+        if settings is None:
+            return await next(request)
         shadow, rules = settings.shadow_rules, settings.rules
         if shadow is None and rules is None:
             return await next(request)

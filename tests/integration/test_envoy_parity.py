@@ -150,12 +150,17 @@ def test_route_headers_and_date_on_local_direct_and_redirect_replies():
               {"match": {"prefix": "/direct"}, "response_headers_to_add": add,
                "direct_response": {"status": 200, "body": {"inline_string": "d"}}},
               {"match": {"prefix": "/redirect"}, "redirect": {"path_redirect": "/x"}},
+              {"match": {"prefix": "/created"}, "direct_response": {"status": 201}},
               {"match": {"prefix": "/"}, "route": {"cluster": "app"}, "response_headers_to_add": add}]
     config = bootstrap([http_listener("loc", [vhost(routes, response_headers_to_add=[
         {"header": {"key": "x-vhost", "value": "v"}}])])],
         [static_cluster("app", UPSTREAM), static_cluster("dead", free_port())])
-    assert_same(run_both(config, [{"path": "/dead"}, {"path": "/direct"}, {"path": "/redirect"},
-                                  {"path": "/"}]))
+    results = run_both(config, [{"path": "/dead"}, {"path": "/direct"}, {"path": "/redirect"},
+                                {"path": "/created/item?x=1"}, {"path": "/"}])
+    assert_same(results)
+    created = results[3][1]
+    assert created["status"] == 201
+    assert created["headers"]["location"] == "http://example.com/created/item?x=1"
 
 
 def test_demo_example_runs_the_same():

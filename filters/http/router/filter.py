@@ -104,6 +104,9 @@ class Router:
             self.http_stats.rq_direct_response += 1
             body = action.body or b""
             headers = [("content-type", "text/plain")] if body else []
+            if action.status == 201:
+                # Envoy points a 201 Created direct response at the request's own URL.
+                headers.append(("location", f"{request.scheme}://{request.authority}{request.path}"))
             return self.finish(Response(action.status, headers, body, content_length=len(body)),
                                entry, None)
         assert type(action) is model.RedirectAction

@@ -128,3 +128,33 @@ def test_many_parallel_connections(proxy):
     for t in threads:
         t.join()
     assert errors == []
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_max_connections_refuses_the_connection_over_the_limit(kind):
+    """circuit_breakers max_connections 1: a second proxied connection is closed at once
+    (upstream_cx_overflow); once the first ends, a new one goes through."""
+    server = TcpServer()
+    breakers = {"thresholds": [{"max_connections": 1}]}
+    config = bootstrap([tcp_listener("tcp", "echo")],
+                       [static_cluster("echo", server.port, circuit_breakers=breakers)])
+    try:
+        with ProxyProcess(config, kind=kind) as p:
+            port = p.ports["tcp"]
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as first:
+                first.sendall(b"one")
+                assert first.recv(100) == b"one"
+                with socket.create_connection(("127.0.0.1", port), timeout=5) as second:
+                    try:
+                        assert second.recv(100) == b""
+                    except ConnectionResetError:
+                        pass
+                assert p.stats()["cluster.echo.upstream_cx_overflow"] == 1
+            deadline = time.monotonic() + 5
+            while p.stats()["cluster.echo.upstream_cx_active"] and time.monotonic() < deadline:
+                time.sleep(0.05)
+            with socket.create_connection(("127.0.0.1", port), timeout=5) as third:
+                third.sendall(b"three")
+                assert third.recv(100) == b"three"
+    finally:
+        server.close()

@@ -187,7 +187,13 @@ class TcpProxyDownstream(_Side):
             stats.upstream_cx_none_healthy += 1
             self.close()
             return
+        if stats.upstream_cx_active + cluster.connecting >= cluster.max_connections:
+            # The max_connections circuit breaker: Envoy refuses the connection.
+            stats.upstream_cx_overflow += 1
+            self.close()
+            return
         stats.upstream_cx_total += 1
+        cluster.connecting += 1
         try:
             async with asyncio.timeout(cluster.config.connect_timeout):
                 _, upstream = await ctx.loop.create_connection(
@@ -199,6 +205,8 @@ class TcpProxyDownstream(_Side):
             log.debug("tcp_proxy %s: connect to %s failed: %r", ctx.config.stat_prefix, host.label, e)
             self.close()
             return
+        finally:
+            cluster.connecting -= 1
         stats.upstream_cx_active += 1
         if self.closed:
             upstream.transport.close()  # type: ignore[union-attr]

@@ -56,11 +56,18 @@ REPO = Path(__file__).resolve().parent.parent
 UPSTREAM_SCRIPT = REPO / "benchmarks" / "upstream.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = ("direct", "sidecar", "envoy")
-MODES = ("http", "tcp")
+MODES = ("http", "tcp", "filters")
+DEFAULT_MODES = ("http", "tcp")
 MODE_TITLE = {
     "http": "HTTP/1.1 keep-alive through http_connection_manager + router",
     "tcp": "tcp_proxy (wrk still speaks HTTP/1.1 keep-alive, to the upstream through it)",
+    "filters": ("as http, with fault (0%), cors (a policy on the virtual host) and "
+                "local_ratelimit (enforced, never limiting) before the router"),
 }
+FAULT = "type.googleapis.com/envoy.extensions.filters.http.fault.v3.HTTPFault"
+CORS = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.Cors"
+CORS_POLICY = "type.googleapis.com/envoy.extensions.filters.http.cors.v3.CorsPolicy"
+LOCAL_RATELIMIT = "type.googleapis.com/envoy.extensions.filters.http.local_ratelimit.v3.LocalRateLimit"
 READY_TIMEOUT_S = 20.0
 
 # wrk calls done() once at the end; latency percentiles come out in
@@ -239,13 +246,52 @@ def median(xs: list[float]) -> float:
 # bootstrap
 
 
-def bootstrap(admin_port: int, http_port: int, tcp_port: int, upstream_port: int) -> dict:
+def filters_listener(port: int) -> dict:
+    """The http listener's route with issue 4's filter chain in front of the router."""
+    all_percent = {"default_value": {"numerator": 100, "denominator": "HUNDRED"}}
+    return {
+        "name": "bench_filters",
+        "address": {"socket_address": {"address": "127.0.0.1", "port_value": port}},
+        "filter_chains": [{"filters": [{
+            "name": "envoy.filters.network.http_connection_manager",
+            "typed_config": {
+                "@type": "type.googleapis.com/envoy.extensions.filters.network."
+                         "http_connection_manager.v3.HttpConnectionManager",
+                "stat_prefix": "bench_filters",
+                "route_config": {"name": "bench_filters", "virtual_hosts": [{
+                    "name": "bench", "domains": ["*"],
+                    "routes": [{"match": {"prefix": "/"}, "route": {"cluster": "bench_upstream"}}],
+                    "typed_per_filter_config": {"envoy.filters.http.cors": {
+                        "@type": CORS_POLICY,
+                        "allow_origin_string_match": [{"exact": "http://example.com"}]}},
+                }]},
+                "http_filters": [
+                    {"name": "envoy.filters.http.fault", "typed_config": {
+                        "@type": FAULT,
+                        "abort": {"http_status": 503, "percentage": {"numerator": 0}},
+                        "delay": {"fixed_delay": "1s", "percentage": {"numerator": 0}}}},
+                    {"name": "envoy.filters.http.cors", "typed_config": {"@type": CORS}},
+                    {"name": "envoy.filters.http.local_ratelimit", "typed_config": {
+                        "@type": LOCAL_RATELIMIT, "stat_prefix": "bench",
+                        "token_bucket": {"max_tokens": 1000000000, "tokens_per_fill": 1000000000,
+                                         "fill_interval": "1s"},
+                        "filter_enabled": all_percent, "filter_enforced": all_percent}},
+                    {"name": "envoy.filters.http.router", "typed_config": {
+                        "@type": "type.googleapis.com/envoy.extensions.filters.http.router.v3.Router"}},
+                ],
+            },
+        }]}],
+    }
+
+
+def bootstrap(admin_port: int, http_port: int, tcp_port: int, upstream_port: int,
+              filters_port: int | None = None) -> dict:
     """The bootstrap both proxies run. Only the port numbers vary."""
 
     def address(port: int) -> dict:
         return {"socket_address": {"address": "127.0.0.1", "port_value": port}}
 
-    return {
+    config = {
         "admin": {"address": address(admin_port)},
         "static_resources": {
             "listeners": [
@@ -303,6 +349,9 @@ def bootstrap(admin_port: int, http_port: int, tcp_port: int, upstream_port: int
             }],
         },
     }
+    if filters_port is not None:
+        config["static_resources"]["listeners"].append(filters_listener(filters_port))
+    return config
 
 
 # --------------------------------------------------------------------------
@@ -327,10 +376,11 @@ def start_upstream(out: Path) -> Proc:
 
 
 def start_proxy(name: str, argv_prefix: list[str], upstream_port: int, out: Path) -> Proc:
-    ports = dict(zip(("admin", "http", "tcp"), free_ports(3)))
+    ports = dict(zip(("admin", "http", "tcp", "filters"), free_ports(4)))
     cfg = out / f"{name}.yaml"
     # JSON is YAML: both proxies read a .yaml file; no PyYAML needed here.
-    cfg.write_text(json.dumps(bootstrap(ports["admin"], ports["http"], ports["tcp"], upstream_port), indent=2))
+    cfg.write_text(json.dumps(bootstrap(ports["admin"], ports["http"], ports["tcp"], upstream_port,
+                                        ports["filters"]), indent=2))
     argv = argv_prefix + ["-c", str(cfg)]
     if name == "envoy":
         # A base id no running Envoy uses, so we do not collide with another
@@ -485,6 +535,18 @@ def report(results: dict[tuple[str, int, str], list[Sample]], args: argparse.Nam
                 lines.append(f"| {mode} | {conns} | {fmt(cpu_ratio, '.2f')}x | {rps_ratio:.2f}x |")
             else:
                 lines.append(f"| {mode} | {conns} | pending (needs sidecar and envoy) | |")
+    if "filters" in args.modes and "http" in args.modes:
+        lines += ["", "filters / http, the same proxy (the cost of the filter chain; issue 4's "
+                  "target: sidecar <= 1.25x):", "", "| target | conns | CPU per request |",
+                  "|---|---:|---:|"]
+        for target in ("sidecar", "envoy"):
+            for conns in args.connections:
+                with_filters = results.get(("filters", conns, target))
+                router_only = results.get(("http", conns, target))
+                if with_filters and router_only:
+                    base = median([s.cpu_us_per_req or 0.0 for s in router_only])
+                    ratio = median([s.cpu_us_per_req or 0.0 for s in with_filters]) / base if base else float("nan")
+                    lines.append(f"| {target} | {conns} | {fmt(ratio, '.2f')}x |")
     lines.append("")
     lines += [f"{mode}: {MODE_TITLE[mode]}." for mode in args.modes]
     lines.append("direct: wrk straight to benchmarks/upstream.py (measured once per -c, shown in both scenarios).")
@@ -502,8 +564,8 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--rounds", type=int, default=3, help="rounds, at least 3 (default 3)")
     p.add_argument("--connections", type=lambda s: [int(x) for x in s.split(",")], default=[50, 1],
                    help="comma-separated wrk -c values (default 50,1)")
-    p.add_argument("--modes", type=lambda s: s.split(","), default=list(MODES),
-                   help="comma-separated: http,tcp (default both)")
+    p.add_argument("--modes", type=lambda s: s.split(","), default=list(DEFAULT_MODES),
+                   help="comma-separated: http,tcp,filters (default http,tcp)")
     p.add_argument("--targets", type=lambda s: s.split(","), default=list(TARGETS),
                    help="comma-separated: direct,sidecar,envoy (default all)")
     p.add_argument("--warmup", type=int, default=1, help="seconds of wrk per target before round 1 (0: none)")

@@ -27,9 +27,20 @@ TCP_PROXY = "type.googleapis.com/envoy.extensions.filters.network.tcp_proxy.v3.T
 
 
 def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
+    return free_ports(1)[0]
+
+
+def free_ports(count: int) -> list[int]:
+    """Distinct free ports: all bound at once before any is released (one at a time, the
+    kernel may hand the same port out twice)."""
+    sockets = [socket.socket() for _ in range(count)]
+    try:
+        for s in sockets:
+            s.bind(("127.0.0.1", 0))
+        return [s.getsockname()[1] for s in sockets]
+    finally:
+        for s in sockets:
+            s.close()
 
 
 def envoy_binary() -> str | None:
@@ -110,12 +121,15 @@ class ProxyProcess:
         self.log_path = Path(self.tmp.name) / "proxy.log"
 
     def _assign_ports(self) -> None:
-        self.admin_port = free_port()
+        listeners = self.config.get("static_resources", {}).get("listeners", [])
+        ports = iter(free_ports(1 + len(listeners)))
+        self.admin_port = next(ports)
         self.config["admin"]["address"]["socket_address"]["port_value"] = self.admin_port
-        for listener in self.config.get("static_resources", {}).get("listeners", []):
+        for listener in listeners:
             sa = listener["address"]["socket_address"]
+            port = next(ports)
             if sa["port_value"] == 0:
-                sa["port_value"] = free_port()
+                sa["port_value"] = port
             self.ports[listener["name"]] = sa["port_value"]
 
     def command(self, config_path: str) -> list[str]:

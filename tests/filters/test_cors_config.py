@@ -7,24 +7,20 @@ import asyncio
 
 import pytest
 
-from config import model
-from config.bootstrap import parse_message
-from config.errors import ConfigError, ConfigErrors
 from config.matchers import StringMatcher
-from config.translate import translate_bootstrap
 from filters.api import LocalReply
 from filters.http.cors.factory import CorsFilterConfig, CorsPolicyConfig
 from filters.http.cors.filter import CorsFilter
 from filters.http.local_ratelimit.factory import Percent
-from filters.registry import http_filter_factory, http_filter_parser
+from filters.registry import http_filter_factory
 from sidecar.http.message import Request, Response
 from sidecar.http.route_table import RouteTable
 from sidecar.stats import CorsStats
 from tests.filters.filter_support import filter_listener, route
 from tests.filters.test_cors_integration import CORS, NAME, POLICY, policy
 from tests.support.proxy import bootstrap, static_cluster, vhost
+from tests.config.test_translate import errors_of, translate
 
-from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 
 FILTER = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config"
 TYPED = f"{FILTER}.http_filters[0].typed_config"
@@ -38,20 +34,8 @@ def config_of(filter_config: dict, routes: list | None = None,
                                       vhosts=vhosts)], [static_cluster("up", 9)])
 
 
-def translate(config: dict) -> model.Snapshot:
-    snapshot, _ = translate_bootstrap(parse_message(config, Bootstrap), http_filter_parser)
-    return snapshot
-
-
 def table(config: dict) -> RouteTable:
     return RouteTable(translate(config).listeners[0].filter_chain.filter.route_config)
-
-
-def errors_of(config: dict) -> list[str]:
-    with pytest.raises((ConfigErrors, ConfigError)) as info:
-        translate(config)
-    e = info.value
-    return [str(x) for x in e.errors] if isinstance(e, ConfigErrors) else [str(e)]
 
 
 def test_registered_by_name_and_both_type_urls():

@@ -6,7 +6,6 @@ import pytest
 
 from config import model
 from config.bootstrap import parse_message
-from config.errors import ConfigError, ConfigErrors
 from config.translate import translate_bootstrap
 from filters.http.fault.factory import AbortFault, DelayFault, FaultConfig, Percent
 from filters.registry import http_filter_factory, http_filter_parser
@@ -14,6 +13,7 @@ from sidecar.http.route_table import RouteTable
 from tests.filters.fault_support import (FAULT, FAULT_NAME, FILTER_CONFIG, abort, fault,
                                          fault_bootstrap, fault_listener)
 from tests.support.proxy import ROUTER, vhost
+from tests.config.test_translate import errors_of
 
 from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 
@@ -24,6 +24,7 @@ UNSUPPORTED = "not supported by sidecar yet (see docs/compatibility.md)"
 
 
 def translate(config: dict) -> tuple[model.Snapshot, list[str]]:
+    """The snapshot and the translation's warnings."""
     return translate_bootstrap(parse_message(config, Bootstrap), http_filter_parser)
 
 
@@ -32,13 +33,6 @@ def parsed(fault_config: dict) -> FaultConfig:
     hcm = snapshot.listeners[0].filter_chain.filter
     assert isinstance(hcm, model.HttpConnectionManager)
     return hcm.http_filters[0].config
-
-
-def errors_of(config: dict) -> list[str]:
-    with pytest.raises((ConfigErrors, ConfigError)) as info:
-        translate(config)
-    e = info.value
-    return [str(x) for x in e.errors] if isinstance(e, ConfigErrors) else [str(e)]
 
 
 def fault_errors(fault_config: dict) -> list[str]:

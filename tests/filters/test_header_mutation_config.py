@@ -5,18 +5,15 @@ from __future__ import annotations
 import pytest
 
 from config import model
-from config.bootstrap import parse_message
-from config.errors import ConfigError, ConfigErrors
-from config.translate import translate_bootstrap
 from filters.http.header_mutation.factory import (HeaderMutationConfig,
                                                   HeaderMutationPerRouteConfig, Mutations)
-from filters.registry import http_filter_factory, http_filter_parser
+from filters.registry import http_filter_factory
 from sidecar.http.route_table import RouteTable
 from tests.filters.filter_support import filter_listener, route
 from tests.filters.test_header_mutation_integration import HM, HMR, NAME, append, hm
 from tests.support.proxy import bootstrap, static_cluster
+from tests.config.test_translate import errors_of, translate
 
-from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 
 FILTER = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config"
 TYPED = f"{FILTER}.http_filters[0].typed_config"
@@ -27,18 +24,6 @@ UNSUPPORTED = "not supported by sidecar yet (see docs/compatibility.md)"
 def config_of(filter_config: dict, routes: list | None = None) -> dict:
     return bootstrap([filter_listener("web", [(NAME, filter_config)], routes=routes)],
                      [static_cluster("up", 9)])
-
-
-def translate(config: dict) -> model.Snapshot:
-    snapshot, _ = translate_bootstrap(parse_message(config, Bootstrap), http_filter_parser)
-    return snapshot
-
-
-def errors_of(config: dict) -> list[str]:
-    with pytest.raises((ConfigErrors, ConfigError)) as info:
-        translate(config)
-    e = info.value
-    return [str(x) for x in e.errors] if isinstance(e, ConfigErrors) else [str(e)]
 
 
 def test_registered_by_name_and_both_type_urls():

@@ -8,22 +8,19 @@ import asyncio
 import pytest
 
 from config import model
-from config.bootstrap import parse_message
-from config.errors import ConfigError, ConfigErrors
-from config.translate import translate_bootstrap
 from filters.api import LocalReply
 from filters.http.local_ratelimit.factory import (BucketSpec, LocalRateLimitConfig, Percent,
                                                   TokenBucket)
 from filters.http.local_ratelimit.filter import LocalRateLimitFilter
-from filters.registry import http_filter_factory, http_filter_parser
+from filters.registry import http_filter_factory
 from sidecar.http.message import Request, Response
 from sidecar.http.route_table import RouteTable
 from sidecar.stats import HttpStats, LocalRateLimitStats, StatsStore
 from tests.filters.filter_support import filter_listener, route
 from tests.filters.test_local_ratelimit_integration import LRL, NAME, lrl
 from tests.support.proxy import bootstrap, static_cluster
+from tests.config.test_translate import errors_of as config_errors, translate
 
-from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 
 FILTER = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config"
 TYPED = f"{FILTER}.http_filters[0].typed_config"
@@ -35,21 +32,13 @@ def config_of(lrl_config: dict, routes: list | None = None) -> dict:
                      [static_cluster("up", 9)])
 
 
-def translate(config: dict) -> model.Snapshot:
-    snapshot, _ = translate_bootstrap(parse_message(config, Bootstrap), http_filter_parser)
-    return snapshot
-
-
 def parsed(lrl_config: dict) -> LocalRateLimitConfig:
     hcm = translate(config_of(lrl_config)).listeners[0].filter_chain.filter
     return hcm.http_filters[0].config
 
 
 def errors_of(lrl_config: dict) -> list[str]:
-    with pytest.raises((ConfigErrors, ConfigError)) as info:
-        translate(config_of(lrl_config))
-    e = info.value
-    return [str(x) for x in e.errors] if isinstance(e, ConfigErrors) else [str(e)]
+    return config_errors(config_of(lrl_config))
 
 
 def test_registered_by_name_and_type_url():

@@ -9,21 +9,18 @@ import ipaddress
 import pytest
 
 from config import model
-from config.bootstrap import parse_message
-from config.errors import ConfigError, ConfigErrors
-from config.translate import translate_bootstrap
 from filters.api import LocalReply
 from filters.http.rbac.factory import Policy, RbacConfig, Rule, Rules
 from filters.http.rbac.filter import RbacFilter
-from filters.registry import http_filter_factory, http_filter_parser
+from filters.registry import http_filter_factory
 from sidecar.http.message import Request, Response
 from sidecar.stats import HttpStats, StatsStore
 from tests.filters.filter_support import FILTER_CONFIG, filter_listener, route
-from tests.filters.rbac_support import (ANY, NAME, RBAC, RBAC_PER_ROUTE, cidr, header, path,
+from tests.filters.rbac_support import (ANY, NAME, RBAC, RBAC_PER_ROUTE, cidr, path,
                                         per_route, policy, rbac, rules)
 from tests.support.proxy import bootstrap, static_cluster
+from tests.config.test_translate import errors_of as config_errors, translate
 
-from envoy.config.bootstrap.v3.bootstrap_pb2 import Bootstrap
 
 FILTER = "static_resources.listeners[0].filter_chains[0].filters[0].typed_config"
 TYPED = f"{FILTER}.http_filters[0].typed_config"
@@ -36,11 +33,6 @@ def config_of(rbac_config: dict, routes: list | None = None) -> dict:
                      [static_cluster("up", 9)])
 
 
-def translate(config: dict) -> model.Snapshot:
-    snapshot, _ = translate_bootstrap(parse_message(config, Bootstrap), http_filter_parser)
-    return snapshot
-
-
 def hcm_of(config: dict):
     return translate(config).listeners[0].filter_chain.filter
 
@@ -50,10 +42,7 @@ def parsed(rbac_config: dict) -> RbacConfig:
 
 
 def errors_of(rbac_config: dict, routes: list | None = None) -> list[str]:
-    with pytest.raises((ConfigErrors, ConfigError)) as info:
-        translate(config_of(rbac_config, routes))
-    e = info.value
-    return [str(x) for x in e.errors] if isinstance(e, ConfigErrors) else [str(e)]
+    return config_errors(config_of(rbac_config, routes))
 
 
 def test_registered_by_name_and_both_type_urls():

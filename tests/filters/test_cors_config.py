@@ -11,7 +11,7 @@ from config.matchers import StringMatcher
 from filters.api import LocalReply
 from filters.http.cors.factory import CorsFilterConfig, CorsPolicyConfig
 from filters.http.cors.filter import CorsFilter
-from filters.http.local_ratelimit.factory import Percent
+from filters.http.common import Percent
 from filters.registry import http_filter_factory
 from sidecar.http.message import Request, Response
 from sidecar.http.route_table import RouteTable

@@ -7,7 +7,8 @@ import pytest
 from config import model
 from config.bootstrap import parse_message
 from config.translate import translate_bootstrap
-from filters.http.fault.factory import AbortFault, DelayFault, FaultConfig, Percent
+from filters.http.common import Percent
+from filters.http.fault.factory import AbortFault, DelayFault, FaultConfig
 from filters.registry import http_filter_factory, http_filter_parser
 from sidecar.http.route_table import RouteTable
 from tests.filters.fault_support import (FAULT, FAULT_NAME, FILTER_CONFIG, abort, fault,

@@ -16,7 +16,7 @@ from config.errors import ConfigError
 from config.matchers import StringMatcher
 from config.translate_routes import RouteTranslator
 from filters.api import FilterContext, FilterFactory, HttpFilter
-from filters.http.local_ratelimit.factory import LocalRateLimitFactory, Percent
+from filters.http.common import Percent, runtime_percent
 
 PACKAGE = "envoy.extensions.filters.http.cors.v3"
 POLICY_TYPE = f"{PACKAGE}.CorsPolicy"
@@ -73,8 +73,8 @@ class CorsFactory(FilterFactory[CorsFilterConfig | CorsPolicyConfig]):
         origins = tuple(sm for i, o in enumerate(m.allow_origin_string_match)
                         if (sm := t.string_matcher(o, f"{path}.allow_origin_string_match[{i}]"))
                         is not None)
-        enabled = LocalRateLimitFactory.percent(t, m, "filter_enabled", path)
-        shadow = LocalRateLimitFactory.percent(t, m, "shadow_enabled", path)
+        enabled = runtime_percent(t, m, "filter_enabled", path)
+        shadow = runtime_percent(t, m, "shadow_enabled", path)
         if t.errors:
             raise t.errors[0]
 

@@ -17,7 +17,7 @@ from typing import Any
 from config import model
 from filters.api import Handler, LocalReply, Request, Response
 from filters.http.cors.factory import CorsPolicyConfig
-from filters.http.local_ratelimit.factory import Percent
+from filters.http.common import Percent
 from sidecar.stats import CorsStats
 
 DETAILS = "cors_response"

@@ -17,9 +17,7 @@ from config import model
 from config.errors import ConfigError
 from config.translate_routes import RouteTranslator
 from filters.api import FilterContext, FilterFactory, HttpFilter
-
-# envoy.type.v3.FractionalPercent.DenominatorType: HUNDRED, TEN_THOUSAND, MILLION.
-DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
+from filters.http.common import Percent, fractional_percent
 
 # The runtime keys name overrides in Envoy's runtime; sidecar has none (the
 # bootstrap's layered_runtime is not supported), so every key resolves to the
@@ -27,14 +25,6 @@ DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
 RUNTIME_KEYS = ("delay_percent_runtime", "abort_percent_runtime", "delay_duration_runtime",
                 "abort_http_status_runtime", "abort_grpc_status_runtime",
                 "max_active_faults_runtime", "response_rate_limit_percent_runtime")
-
-
-@dataclass(frozen=True, slots=True)
-class Percent:
-    """A FractionalPercent: ``numerator`` out of ``denominator`` requests."""
-
-    numerator: int = 0
-    denominator: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -87,13 +77,7 @@ class FaultFactory(FilterFactory[FaultConfig]):
     @staticmethod
     def percent(t: RouteTranslator, msg: Message, path: str) -> Percent:
         """The ``percentage`` field; unset is 0% (as Envoy: no fault)."""
-        pct = msg.percentage
-        t.only(pct, f"{path}.percentage", ("numerator", "denominator"))
-        denominator = DENOMINATORS.get(pct.denominator)
-        if denominator is None:
-            t.error(f"{path}.percentage.denominator", "value must be one of the defined enum values")
-            denominator = 100
-        return Percent(pct.numerator, denominator)
+        return fractional_percent(t, msg.percentage, f"{path}.percentage")
 
     def delay(self, t: RouteTranslator, message: Message, path: str) -> DelayFault:
         d, p = message.delay, f"{path}.delay"

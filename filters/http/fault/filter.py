@@ -16,7 +16,8 @@ import random
 from collections.abc import Callable
 
 from filters.api import Handler, LocalReply, Request, Response, request_config
-from filters.http.fault.factory import AbortFault, DelayFault, FaultConfig, Percent
+from filters.http.common import HTTP_TO_GRPC, Percent, is_grpc
+from filters.http.fault.factory import AbortFault, DelayFault, FaultConfig
 from sidecar.http.route_table import headers_match
 from sidecar.stats import FaultStats
 
@@ -33,8 +34,6 @@ DETAILS = "fault_filter_abort"
 UINT32_MAX = 2**32 - 1
 UINT64_MAX = 2**64 - 1
 
-# Envoy's Grpc::Utility::httpToGrpcStatus (the gRPC HTTP status mapping); others are UNKNOWN.
-HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
 
 
 class FaultFilter:
@@ -149,14 +148,6 @@ class FaultFilter:
                 ("content-type", "application/grpc"), ("grpc-status", str(code)),
                 ("grpc-message", BODY.decode())])
         return LocalReply(status, BODY, "FI", DETAILS)
-
-
-def is_grpc(request: Request) -> bool:
-    """Envoy's Grpc::Common::hasGrpcContentType: application/grpc, or it followed by + or ;."""
-    content_type = request.header("content-type")
-    if content_type is None or not content_type.startswith("application/grpc"):
-        return False
-    return len(content_type) == 16 or content_type[16] in "+;"
 
 
 def parse_uint(value: str | None, limit: int) -> int | None:

@@ -17,7 +17,7 @@ from config import model
 from config.errors import ConfigError
 from config.translate_routes import RouteTranslator
 from filters.api import FilterContext, FilterFactory, HttpFilter
-from filters.http.local_ratelimit.factory import header_option
+from filters.http.common import header_option
 
 PACKAGE = "envoy.extensions.filters.http.header_mutation.v3"
 PER_ROUTE_TYPE = f"{PACKAGE}.HeaderMutationPerRoute"

@@ -10,7 +10,7 @@ buckets, as Envoy's new filter configs do).
 from __future__ import annotations
 
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from google.protobuf.message import Message
@@ -18,11 +18,8 @@ from google.protobuf.message import Message
 from config import model
 from config.translate_routes import RouteTranslator
 from filters.api import FilterContext, FilterFactory, HttpFilter
+from filters.http.common import Percent, header_options, runtime_percent
 
-# envoy.type.v3.FractionalPercent.DenominatorType: HUNDRED, TEN_THOUSAND, MILLION.
-DENOMINATORS = {0: 100, 1: 10_000, 2: 1_000_000}
-APPEND_ACTIONS = {0: "APPEND_IF_EXISTS_OR_ADD", 1: "ADD_IF_ABSENT",
-                  2: "OVERWRITE_IF_EXISTS_OR_ADD", 3: "OVERWRITE_IF_EXISTS"}
 MIN_FILL_INTERVAL_MS = 50     # Envoy: "local rate limit token bucket fill timer must be >= 50ms"
 
 
@@ -52,14 +49,6 @@ class TokenBucket:
             return False
         self.tokens = tokens - 1.0
         return True
-
-
-@dataclass(frozen=True, slots=True)
-class Percent:
-    """A RuntimeFractionalPercent's default_value (sidecar has no runtime)."""
-
-    numerator: int = 0
-    denominator: int = 100
 
 
 @dataclass(frozen=True, slots=True)
@@ -113,8 +102,8 @@ class LocalRateLimitFactory(FilterFactory[LocalRateLimitConfig]):
         response = header_options(t, m.response_headers_to_add, f"{path}.response_headers_to_add")
         not_enforced = header_options(t, m.request_headers_to_add_when_not_enforced,
                                       f"{path}.request_headers_to_add_when_not_enforced")
-        enabled = self.percent(t, m, "filter_enabled", path)
-        enforced = self.percent(t, m, "filter_enforced", path)
+        enabled = runtime_percent(t, m, "filter_enabled", path)
+        enforced = runtime_percent(t, m, "filter_enforced", path)
         if t.errors:
             raise t.errors[0]
         bucket = (TokenBucket(spec.max_tokens, spec.tokens_per_fill, spec.fill_interval)
@@ -147,49 +136,8 @@ class LocalRateLimitFactory(FilterFactory[LocalRateLimitConfig]):
             t.error(f"{p}.fill_interval", "local rate limit token bucket fill timer must be >= 50ms")
         return BucketSpec(tb.max_tokens, per_fill or 1, max(interval_ms, 1) / 1000)
 
-    @staticmethod
-    def percent(t: RouteTranslator, m: Message, name: str, path: str) -> Percent | None:
-        if not m.HasField(name):
-            return None
-        rfp, p = getattr(m, name), f"{path}.{name}"
-        # runtime_key names an override in Envoy's runtime; sidecar has none: the default rules.
-        t.only(rfp, p, ("default_value", "runtime_key"))
-        pct = rfp.default_value
-        t.only(pct, f"{p}.default_value", ("numerator", "denominator"))
-        denominator = DENOMINATORS.get(pct.denominator)
-        if denominator is None:
-            t.error(f"{p}.default_value.denominator", "value must be one of the defined enum values")
-            denominator = 100
-        return Percent(pct.numerator, denominator)
-
     def create(self, config: LocalRateLimitConfig | None, ctx: FilterContext) -> HttpFilter:
         from filters.http.local_ratelimit.filter import LocalRateLimitFilter
         return LocalRateLimitFilter(config, ctx.name, ctx.stats,
                                     route_config=getattr(ctx.hcm, "route_config", None))
 
-
-def header_options(t: RouteTranslator, items: Iterable[Message], path: str,
-                   limit: int = 10) -> tuple[model.HeaderValueOption, ...]:
-    """A repeated HeaderValueOption (at most ``limit``), plain values only."""
-    out = []
-    for i, hv in enumerate(items):
-        if i == limit:
-            t.error(path, f"value must contain no more than {limit} item(s)")
-        out.append(header_option(t, hv, f"{path}[{i}]"))
-    return tuple(out)
-
-
-def header_option(t: RouteTranslator, hv: Message, path: str) -> model.HeaderValueOption:
-    """One HeaderValueOption, as the route's *_headers_to_add (no %...% formatters yet)."""
-    t.only(hv, path, ("header", "append", "append_action", "keep_empty_value"))
-    t.only(hv.header, f"{path}.header", ("key", "value", "raw_value"))
-    key = hv.header.key.lower()
-    if not key:
-        t.error(f"{path}.header.key", "value length must be at least 1 characters")
-    action = APPEND_ACTIONS.get(hv.append_action, "APPEND_IF_EXISTS_OR_ADD")
-    if hv.HasField("append"):   # deprecated BoolValue: false means overwrite
-        action = "APPEND_IF_EXISTS_OR_ADD" if hv.append.value else "OVERWRITE_IF_EXISTS_OR_ADD"
-    value = hv.header.value or hv.header.raw_value.decode("latin-1")
-    if "%" in value:
-        t.error(f"{path}.header.value", "header formatters (%...%) are not supported yet")
-    return model.HeaderValueOption(key, value, action, hv.keep_empty_value)

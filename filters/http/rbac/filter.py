@@ -14,7 +14,7 @@ import ipaddress
 from typing import Any
 
 from filters.api import Handler, LocalReply, Request, Response, request_config
-from filters.http.fault.filter import HTTP_TO_GRPC, is_grpc
+from filters.http.common import HTTP_TO_GRPC, is_grpc
 from filters.http.rbac.factory import RbacConfig, Rule, Rules
 from filters.http.rbac.stats import Counters
 from sidecar.http.route_table import headers_match

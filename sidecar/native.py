@@ -48,6 +48,7 @@ HOT_PATH = (
     "sidecar.upstream.cluster",
     "config.model",
     "filters.http.router.headers",
+    "filters.http.router.upstream_request",
     "filters.http.router.filter",
 )
 

@@ -9,12 +9,10 @@ filter-level one for a request, as in Envoy.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Any
 
 from google.protobuf.message import Message
 
 from config import model
-from config.errors import ConfigError
 from config.translate_routes import RouteTranslator
 from filters.api import FilterContext, FilterFactory, HttpFilter
 from filters.http.common import Percent, fractional_percent

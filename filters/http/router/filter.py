@@ -17,9 +17,11 @@ from typing import Any
 
 from config import model
 from filters.api import FilterContext
-from filters.http.router import retry
 from filters.http.router.factory import RouterConfig
 from filters.http.router.headers import apply_mutations, redirect_location
+from filters.http.router.retrying import forward_retrying
+from filters.http.router.upstream_request import (REPLAY_LIMIT, SentBody, count_reply, held_body,
+                                                  reply_for)
 from sidecar.codec.events import ResponseHead
 from sidecar.codec.http1 import LAST_CHUNK, encode_chunk, encode_last_chunk, serialize_request_head
 from sidecar.http import local_reply
@@ -35,47 +37,6 @@ log = logging.getLogger(__name__)
 # headers the connection manager writes itself.
 HOP_BY_HOP = frozenset(("connection", "keep-alive", "proxy-connection", "transfer-encoding",
                         "upgrade", "te", "content-length"))
-
-
-# Request body bytes held for resending on a fresh connection (see Router.exchange)
-# when the route has no retry policy; with one, the retry buffer limit applies.
-REPLAY_LIMIT = 64 * 1024
-
-
-class _Sent:
-    """The request body written upstream so far, kept while it fits ``limit`` (for resending)."""
-
-    __slots__ = ("pieces", "size", "limit", "replayable", "finished", "written")
-
-    def __init__(self, limit: int = REPLAY_LIMIT) -> None:
-        self.pieces: list[bytes] = []
-        self.size = 0
-        self.limit = limit
-        self.replayable = True
-        self.finished = False      # the whole body has been written
-        self.written = False       # data() was taken once: later pieces go straight out
-
-    def add(self, piece: bytes) -> None:
-        if not self.replayable:
-            if not self.written:
-                self.pieces.append(piece)
-            return
-        self.size += len(piece)
-        if self.size > self.limit:
-            self.replayable = False
-            if self.written:
-                self.pieces = []
-                return
-        self.pieces.append(piece)
-
-    def data(self, head: bytes) -> bytes:
-        """Everything to write on a (new) connection: the head and the body held so far."""
-        pieces = self.pieces
-        data = head + b"".join(pieces) if pieces else head
-        self.written = True
-        if not self.replayable:
-            self.pieces = []
-        return data
 
 
 class Router:
@@ -214,8 +175,8 @@ class Router:
         if cluster.stats.upstream_rq_active >= cluster.max_requests:
             raise self.overflow(cluster.stats, local_reply.overflow(), active=True)
         if action.retry_policy is not None:
-            return await self.forward_retrying(request, entry, action, action.retry_policy,
-                                               weighted, cluster, host)
+            return await forward_retrying(self, request, entry, action, action.retry_policy,
+                                          weighted, cluster, host)
         stats, start = self.begin(request, name, cluster, host)
         timeout = action.timeout
         head = self.upstream_head(request, entry, action, weighted, host, timeout)
@@ -243,145 +204,6 @@ class Router:
             reply.headers = [h for h in reply.headers if h[0] != "x-envoy-overloaded"]
         count_reply(stats, reply)
         return reply
-
-    async def forward_retrying(self, request: Request, entry: RouteEntry, action: model.RouteAction,
-                               policy: model.RetryPolicy, weighted: model.WeightedClusterEntry | None,
-                               cluster: Any, host: Any) -> Response:
-        """Forward under a retry policy (route's, else virtual host's), as Envoy's router.
-
-        Attempts go one after another; the route timeout spans them all, each one
-        also bounded by per_try_timeout.  The request body is held (up to the
-        route's per_request_buffer_limit_bytes, else the listener's buffer limit)
-        and replayed on each attempt; a body larger than that turns retries off.
-        """
-        loop = self.loop
-        info = request.info
-        stats = cluster.stats
-        start = loop.time()
-        timeout = action.timeout
-        deadline = None if timeout is None else start + timeout
-        per_try = policy.per_try_timeout
-        retries_left = policy.num_retries if policy.retry_on else 0
-        sent = held_body(request, policy.buffer_limit if policy.buffer_limit is not None
-                         else self.buffer_limit)
-        original_headers = request.headers
-        race_replay = not retry.retry_failure(policy, "reset")
-        backoff: retry.BackOff | None = None
-        attempted: list[Any] = []
-        attempt = 0
-        holding_retry = False       # a slot of the cluster's max_retries (circuit breaker)
-        try:
-            while True:
-                attempt += 1
-                if stats.upstream_rq_active >= cluster.max_requests:
-                    raise self.overflow(stats, local_reply.overflow(), active=True)
-                attempted.append(host)
-                info.upstream_host = host.label
-                stats.upstream_rq_total += 1
-                stats.upstream_rq_active += 1
-                host.active_requests += 1
-                now = loop.time()
-                try_deadline = deadline
-                per_try_first = False
-                if per_try is not None and (deadline is None or now + per_try < deadline):
-                    try_deadline = now + per_try
-                    per_try_first = True
-                # x-envoy-expected-rq-timeout-ms: what this attempt may take.
-                if per_try_first:
-                    expected = per_try
-                elif attempt == 1 or deadline is None:
-                    expected = timeout
-                else:
-                    expected = deadline - now
-                request.headers = list(original_headers)
-                head = self.upstream_head(request, entry, action, weighted, host, expected,
-                                          attempt if policy.include_request_attempt_count else 0)
-                response: Response | None = None
-                failure: LocalReply | None = None
-                kind = ""
-                try:
-                    response = await self.exchange(request, host, head, try_deadline, sent,
-                                                   race_replay)
-                except LocalReply as reply:
-                    failure = reply
-                    if reply.flag == "UT":
-                        if per_try_first and (deadline is None or loop.time() < deadline):
-                            kind = "per_try_timeout"
-                            stats.upstream_rq_per_try_timeout += 1
-                            failure = LocalReply(504, b"upstream request timeout", "UT",
-                                                 "upstream_per_try_timeout")
-                        # else the route timeout: never retried
-                    elif reply.flag == "UF":
-                        kind = "connect"
-                    elif reply.flag == "UO":    # max_pending_requests: never sent, not retried
-                        stats.upstream_rq_total -= 1
-                        raise self.overflow(stats, reply) from None
-                    else:
-                        kind = "reset"      # UC, UPE: the attempt was reset before the head
-                finally:
-                    stats.upstream_rq_active -= 1
-                    host.active_requests -= 1
-                if response is not None:
-                    wants = sent.replayable and retry.retry_response(policy, response.status,
-                                                                    response.headers)
-                else:
-                    wants = bool(kind) and sent.replayable and retry.retry_failure(policy, kind)
-                if holding_retry:
-                    # The retried attempt has its outcome: the retry slot is free again.
-                    holding_retry = False
-                    cluster.retries_active -= 1
-                    if not wants:
-                        stats.upstream_rq_retry_success += 1
-                if wants:
-                    if retries_left == 0:
-                        stats.upstream_rq_retry_limit_exceeded += 1
-                        info.set_flag("URX")
-                        wants = False
-                    else:
-                        retries_left -= 1
-                        if cluster.retries_active >= cluster.retry_limit():
-                            stats.upstream_rq_retry_overflow += 1
-                            info.set_flag("UO")
-                            wants = False
-                if not wants:
-                    if response is not None:
-                        if policy.include_attempt_count_in_response:
-                            response.headers.append(("x-envoy-attempt-count", str(attempt)))
-                        return self.respond(response, entry, weighted, stats, start)
-                    assert failure is not None
-                    if attempt > 1:
-                        failure = local_reply.after_retries(failure)
-                    if policy.include_attempt_count_in_response:
-                        failure.headers.append(("x-envoy-attempt-count", str(attempt)))
-                    count_reply(stats, failure)
-                    raise failure
-                # Retry: drop this attempt's response, wait the back-off, pick a host.
-                if response is not None and type(response.body) is not bytes and response.on_complete:
-                    response.on_complete(False)         # a streamed body: abort its connection
-                cluster.retries_active += 1
-                holding_retry = True
-                stats.upstream_rq_retry += 1
-                stats.upstream_rq_retry_backoff_exponential += 1
-                if backoff is None:
-                    backoff = retry.BackOff(policy.base_interval_ms, policy.max_interval_ms)
-                delay = backoff.next_backoff_ms() / 1000
-                if deadline is not None and loop.time() + delay >= deadline:
-                    await asyncio.sleep(max(deadline - loop.time(), 0.0))
-                    late = local_reply.upstream_timeout()
-                    if policy.include_attempt_count_in_response:
-                        late.headers.append(("x-envoy-attempt-count", str(attempt)))
-                    count_reply(stats, late)
-                    raise late
-                if delay:
-                    await asyncio.sleep(delay)
-                host = retry.next_host(cluster, policy, attempted)
-                if host is None:
-                    stats.upstream_cx_none_healthy += 1
-                    raise local_reply.no_healthy_upstream()
-        finally:
-            if holding_retry:
-                cluster.retries_active -= 1
-
     def begin(self, request: Request, name: str, cluster: Any, host: Any) -> tuple[Any, float]:
         """Account for one upstream request: stream info, cluster stats, host load; returns (stats, start)."""
         info = request.info
@@ -441,7 +263,7 @@ class Router:
         return serialize_request_head(request.method, path, [("host", authority), *headers])
 
     async def exchange(self, request: Request, host: Any, head: bytes,
-                       deadline: float | None, sent: _Sent, race_replay: bool = True) -> Response:
+                       deadline: float | None, sent: SentBody, race_replay: bool = True) -> Response:
         """Send the request on a pooled connection; return the response head with its body.
 
         ``sent`` holds the request body read so far (``held_body``), and keeps what
@@ -483,7 +305,7 @@ class Router:
         raise AssertionError("unreachable")
 
     async def stream_body(self, body: BodyStream, conn: Http1UpstreamConnection, chunked: bool,
-                          sent: _Sent) -> None:
+                          sent: SentBody) -> None:
         """Copy the request body upstream chunk by chunk, waiting while the socket is backed up."""
         async for chunk in body:
             piece = encode_chunk(chunk) if chunked else chunk
@@ -526,41 +348,6 @@ class Router:
         for mutations in entry.response_mutations:
             response.headers = apply_mutations(response.headers, mutations)
         return response
-
-
-def held_body(request: Request, limit: int) -> _Sent:
-    """The request body at hand (whatever has arrived), held for resending up to ``limit``."""
-    sent = _Sent(limit)
-    body = request.body
-    if body is None:
-        sent.finished = True
-        return sent
-    chunked = request.chunked
-    first = body.read_nowait()   # type: ignore[union-attr]
-    if first:
-        sent.add(encode_chunk(first) if chunked else first)
-    if body.complete:            # type: ignore[union-attr]
-        if chunked:
-            sent.add(encode_last_chunk(body.trailers) if body.trailers else LAST_CHUNK)  # type: ignore[union-attr]
-        sent.finished = True
-    return sent
-
-
-def count_reply(stats: Any, reply: LocalReply) -> None:
-    """An upstream request that ended in a local reply counts as that status (504: a timeout)."""
-    if reply.status == 504 and reply.details == "response_timeout":
-        stats.upstream_rq_timeout += 1
-    stats.count_response(reply.status)
-
-
-def reply_for(error: Exception) -> LocalReply:
-    """The local reply for an exchange that ended without a response head."""
-    if isinstance(error, UpstreamTimeout):
-        return local_reply.upstream_timeout()
-    if isinstance(error, UpstreamProtocolError):
-        return local_reply.upstream_protocol_error()
-    return local_reply.connection_termination()
-
 
 def rewrite_path(path: str, match: model.RouteMatch, action: model.RouteAction) -> str:
     """prefix_rewrite swaps the matched prefix (or path); regex_rewrite rewrites the path, keeping the query."""

@@ -1,0 +1,87 @@
+"""One upstream request's bookkeeping, shared by the router's plain and retrying paths:
+the request body held for resending (SentBody, held_body), and how an exchange that
+ended without a response head becomes a local reply and is counted."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from sidecar.codec.http1 import LAST_CHUNK, encode_chunk, encode_last_chunk
+from sidecar.http import local_reply
+from sidecar.http.local_reply import LocalReply
+from sidecar.http.message import Request
+from sidecar.upstream.http1 import UpstreamProtocolError, UpstreamTimeout
+
+# Request body bytes held for resending on a fresh connection (see Router.exchange)
+# when the route has no retry policy; with one, the retry buffer limit applies.
+REPLAY_LIMIT = 64 * 1024
+
+
+class SentBody:
+    """The request body written upstream so far, kept while it fits ``limit`` (for resending)."""
+
+    __slots__ = ("pieces", "size", "limit", "replayable", "finished", "written")
+
+    def __init__(self, limit: int = REPLAY_LIMIT) -> None:
+        self.pieces: list[bytes] = []
+        self.size = 0
+        self.limit = limit
+        self.replayable = True
+        self.finished = False      # the whole body has been written
+        self.written = False       # data() was taken once: later pieces go straight out
+
+    def add(self, piece: bytes) -> None:
+        if not self.replayable:
+            if not self.written:
+                self.pieces.append(piece)
+            return
+        self.size += len(piece)
+        if self.size > self.limit:
+            self.replayable = False
+            if self.written:
+                self.pieces = []
+                return
+        self.pieces.append(piece)
+
+    def data(self, head: bytes) -> bytes:
+        """Everything to write on a (new) connection: the head and the body held so far."""
+        pieces = self.pieces
+        data = head + b"".join(pieces) if pieces else head
+        self.written = True
+        if not self.replayable:
+            self.pieces = []
+        return data
+
+
+def held_body(request: Request, limit: int) -> SentBody:
+    """The request body at hand (whatever has arrived), held for resending up to ``limit``."""
+    sent = SentBody(limit)
+    body = request.body
+    if body is None:
+        sent.finished = True
+        return sent
+    chunked = request.chunked
+    first = body.read_nowait()   # type: ignore[union-attr]
+    if first:
+        sent.add(encode_chunk(first) if chunked else first)
+    if body.complete:            # type: ignore[union-attr]
+        if chunked:
+            sent.add(encode_last_chunk(body.trailers) if body.trailers else LAST_CHUNK)  # type: ignore[union-attr]
+        sent.finished = True
+    return sent
+
+
+def count_reply(stats: Any, reply: LocalReply) -> None:
+    """An upstream request that ended in a local reply counts as that status (504: a timeout)."""
+    if reply.status == 504 and reply.details == "response_timeout":
+        stats.upstream_rq_timeout += 1
+    stats.count_response(reply.status)
+
+
+def reply_for(error: Exception) -> LocalReply:
+    """The local reply for an exchange that ended without a response head."""
+    if isinstance(error, UpstreamTimeout):
+        return local_reply.upstream_timeout()
+    if isinstance(error, UpstreamProtocolError):
+        return local_reply.upstream_protocol_error()
+    return local_reply.connection_termination()

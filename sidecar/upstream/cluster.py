@@ -113,11 +113,17 @@ class ClusterRuntime:
                 pool.close()
         self.pools = pools
         self.hosts = hosts
+        self.health_changed()
+        self.initialized.set()
+
+    def health_changed(self) -> None:
+        """A host's health changed (host set, active health check, outlier ejection):
+        update the membership gauges and rebuild the load balancers."""
+        hosts = self.hosts
         self.stats.membership_total = len(hosts)
         self.stats.membership_healthy = sum(1 for h in hosts if h.healthy)
         self.stats.membership_degraded = sum(1 for h in hosts if h.degraded)
         self._build_lbs(hosts)
-        self.initialized.set()
 
     def _build_lbs(self, hosts: list[Host]) -> None:
         """Envoy's health-aware load split for one priority level.

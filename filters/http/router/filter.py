@@ -21,7 +21,7 @@ from filters.http.router.factory import RouterConfig
 from filters.http.router.headers import apply_mutations, redirect_location
 from filters.http.router.retrying import forward_retrying
 from filters.http.router.upstream_request import (REPLAY_LIMIT, SentBody, count_reply, held_body,
-                                                  reply_for)
+                                                  host_failed, host_responded, reply_for)
 from sidecar.codec.events import ResponseHead
 from sidecar.codec.http1 import LAST_CHUNK, encode_chunk, encode_last_chunk, serialize_request_head
 from sidecar.http import local_reply
@@ -130,7 +130,9 @@ class Router:
             host.active_requests -= 1
             try:
                 if type(outcome) is tuple:
-                    response = self.downstream_response(request, outcome[0], outcome[1], conn)
+                    head = outcome[0]
+                    host_responded(host, head.status, head.headers)
+                    response = self.downstream_response(request, head, outcome[1], conn)
                     answer(self.respond(response, entry, weighted, stats, start))
                     return
                 if type(outcome) is UpstreamClosed and not outcome.received_any:
@@ -140,6 +142,7 @@ class Router:
                     answer(None)
                     return
                 reply = reply_for(outcome)
+                host_failed(host, reply)
             except Exception:
                 log.exception("bug: router callback for %s %s", request.method, request.path)
                 reply = LocalReply(500, b"", "", "internal_error")
@@ -188,11 +191,13 @@ class Router:
             if reply.flag == "UO":      # max_pending_requests: never sent
                 stats.upstream_rq_total -= 1
                 raise self.overflow(stats, reply) from None
+            host_failed(host, reply)
             count_reply(stats, reply)
             raise
         finally:
             stats.upstream_rq_active -= 1
             host.active_requests -= 1
+        host_responded(host, response.status, response.headers)
         return self.respond(response, entry, weighted, stats, start)
 
     def overflow(self, stats: Any, reply: LocalReply, active: bool = False) -> LocalReply:

@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from config import model
 from filters.http.router import retry
-from filters.http.router.upstream_request import count_reply, held_body
+from filters.http.router.upstream_request import count_reply, held_body, host_failed, host_responded
 from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import Request, Response
@@ -96,9 +96,12 @@ async def forward_retrying(router: Router, request: Request, entry: RouteEntry, 
                 stats.upstream_rq_active -= 1
                 host.active_requests -= 1
             if response is not None:
+                host_responded(host, response.status, response.headers)
                 wants = sent.replayable and retry.retry_response(policy, response.status,
                                                                 response.headers)
             else:
+                assert failure is not None
+                host_failed(host, failure)
                 wants = bool(kind) and sent.replayable and retry.retry_failure(policy, kind)
             if holding_retry:
                 # The retried attempt has its outcome: the retry slot is free again.

@@ -85,3 +85,25 @@ def reply_for(error: Exception) -> LocalReply:
     if isinstance(error, UpstreamProtocolError):
         return local_reply.upstream_protocol_error()
     return local_reply.connection_termination()
+
+
+def host_responded(host: Any, status: int, headers: list[tuple[str, str]]) -> None:
+    """One attempt got a response head: tell the host's outlier detector, and its health
+    checker when the upstream asks to be failed at once (x-envoy-immediate-health-check-fail)."""
+    outlier = host.outlier
+    if outlier is not None:
+        outlier.put_http_status(status)
+    checker = host.health_checker
+    if checker is not None:
+        for name, _ in headers:
+            if name == "x-envoy-immediate-health-check-fail":
+                checker.fail_immediately()
+                break
+
+
+def host_failed(host: Any, reply: LocalReply) -> None:
+    """One attempt ended without a response head; ``reply.flag`` says how: UF (connect
+    failure), UT (timeout), UC / UPE (reset, protocol error)."""
+    outlier = host.outlier
+    if outlier is not None:
+        outlier.put_local_failure(reply.flag)

@@ -33,7 +33,7 @@ class ClusterRuntime:
         self.stats = stats
         self.parser_factory = parser_factory
         self.hosts: list[Host] = []
-        self.lb: LoadBalancer = build_lb(config.lb_policy, [])
+        self.lb: LoadBalancer = build_lb(config, [])
         self.degraded_lb: LoadBalancer | None = None
         self.healthy_share = 1.0          # the rest goes to degraded hosts
         # An updated cluster takes over its predecessor's pools (set_hosts keeps those
@@ -135,7 +135,7 @@ class ClusterRuntime:
         Priorities beyond the best level with usable hosts come later (issue 4):
         only that level is used.
         """
-        policy, choices = self.config.lb_policy, self.config.least_request_choice_count
+        config = self.config
         usable = [h for h in hosts if h.healthy or h.degraded]
         top = min((h.priority for h in usable), default=min((h.priority for h in hosts), default=0))
         level = [h for h in hosts if h.priority == top]
@@ -147,18 +147,19 @@ class ClusterRuntime:
         self.degraded_lb = None
         self.healthy_share = 1.0
         if total and healthy_pct + degraded_pct < self.config.healthy_panic_threshold:
-            self.lb = build_lb(policy, level, choices)          # panic: every host
+            self.lb = build_lb(config, level)          # panic: every host
         elif degraded_pct > 0 and healthy:
-            self.lb = build_lb(policy, healthy, choices)
-            self.degraded_lb = build_lb(policy, degraded, choices)
+            self.lb = build_lb(config, healthy)
+            self.degraded_lb = build_lb(config, degraded)
             self.healthy_share = healthy_pct / (healthy_pct + degraded_pct)
         else:
-            self.lb = build_lb(policy, healthy or degraded, choices)
+            self.lb = build_lb(config, healthy or degraded)
 
-    def choose_host(self) -> Host | None:
+    def choose_host(self, hash_key: int | None = None) -> Host | None:
+        """A host for one request (``hash_key``: the route's hash_policy result, if any)."""
         if self.degraded_lb is not None and random.random() >= self.healthy_share:
-            return self.degraded_lb.pick()
-        return self.lb.pick()
+            return self.degraded_lb.pick(hash_key)
+        return self.lb.pick(hash_key)
 
     # --- STRICT_DNS ---------------------------------------------------------------
 

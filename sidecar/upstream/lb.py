@@ -10,6 +10,7 @@ import random
 from itertools import accumulate
 from bisect import bisect_right
 
+from config import model
 from sidecar.upstream.host import Host
 
 
@@ -17,7 +18,9 @@ class LoadBalancer:
     def __init__(self, hosts: list[Host]) -> None:
         self.hosts = hosts
 
-    def pick(self) -> Host | None:
+    def pick(self, hash_key: int | None = None) -> Host | None:
+        """The next host; ``hash_key`` is the route's hash_policy result (used by the
+        consistent-hashing balancers only; None when the route has no hash policy)."""
         raise NotImplementedError
 
 
@@ -41,7 +44,7 @@ class RoundRobin(LoadBalancer):
             for _ in range((rng or random).randrange(min(self.total, 1000))):
                 self.pick()
 
-    def pick(self) -> Host | None:
+    def pick(self, hash_key: int | None = None) -> Host | None:
         hosts = self.hosts
         if not hosts:
             return None
@@ -64,7 +67,7 @@ class Random(LoadBalancer):
         self.rng = rng or random.Random()
         self.cumulative = list(accumulate(h.weight for h in hosts))
 
-    def pick(self) -> Host | None:
+    def pick(self, hash_key: int | None = None) -> Host | None:
         if not self.hosts:
             return None
         x = self.rng.random() * self.cumulative[-1]
@@ -84,7 +87,7 @@ class LeastRequest(LoadBalancer):
         self.random = Random(hosts, rng)
         self.weighted = len({h.weight for h in hosts}) > 1
 
-    def pick(self) -> Host | None:
+    def pick(self, hash_key: int | None = None) -> Host | None:
         if not self.hosts:
             return None
         best = self.random.pick()
@@ -100,9 +103,11 @@ class LeastRequest(LoadBalancer):
         return best
 
 
-def build_lb(policy: str, hosts: list[Host], choice_count: int = 2) -> LoadBalancer:
+def build_lb(config: model.Cluster, hosts: list[Host]) -> LoadBalancer:
+    """The cluster's lb_policy over ``hosts``."""
+    policy = config.lb_policy
     if policy == "RANDOM":
         return Random(hosts)
     if policy == "LEAST_REQUEST":
-        return LeastRequest(hosts, choice_count)
+        return LeastRequest(hosts, config.least_request_choice_count)
     return RoundRobin(hosts)

@@ -7,12 +7,17 @@ from collections import Counter
 
 import pytest
 
+from config import model
 from sidecar.upstream.host import Host
 from sidecar.upstream.lb import LeastRequest, Random, RoundRobin, build_lb
 
 
 def hosts(*weights: int) -> list[Host]:
     return [Host("10.0.0.%d" % (i + 1), 80, weight=w) for i, w in enumerate(weights)]
+
+
+def cluster(policy: str, **fields) -> model.Cluster:
+    return model.Cluster("c", lb_policy=policy, **fields)
 
 
 def picks(lb, n: int) -> list[Host]:
@@ -161,9 +166,9 @@ def test_least_request_choice_count_one_is_weighted_random():
     lambda: RoundRobin([], random.Random(0)),
     lambda: Random([], random.Random(0)),
     lambda: LeastRequest([], rng=random.Random(0)),
-    lambda: build_lb("ROUND_ROBIN", []),
-    lambda: build_lb("RANDOM", []),
-    lambda: build_lb("LEAST_REQUEST", []),
+    lambda: build_lb(cluster("ROUND_ROBIN"), []),
+    lambda: build_lb(cluster("RANDOM"), []),
+    lambda: build_lb(cluster("LEAST_REQUEST"), []),
 ])
 def test_empty_host_list_picks_none(make):
     lb = make()
@@ -174,7 +179,7 @@ def test_empty_host_list_picks_none(make):
 @pytest.mark.parametrize("policy,cls", [("ROUND_ROBIN", RoundRobin), ("RANDOM", Random),
                                         ("LEAST_REQUEST", LeastRequest)])
 def test_build_lb_returns_the_policy(policy, cls):
-    lb = build_lb(policy, hosts(1, 1), 3)
+    lb = build_lb(cluster(policy, least_request_choice_count=3), hosts(1, 1))
     assert type(lb) is cls
     assert lb.pick() is not None
     if cls is LeastRequest:

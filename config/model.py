@@ -129,6 +129,18 @@ class RouteAction:
     auto_host_rewrite: bool = False
     timeout: float | None = 15.0                # Envoy's default; None = disabled
     retry_policy: RetryPolicy | None = None     # None: one attempt, no attempt count headers
+    mirror_policies: tuple[MirrorPolicy, ...] = ()   # request_mirror_policies
+
+
+@dataclass(frozen=True, slots=True)
+class MirrorPolicy:
+    """One request_mirror_policies entry: a shadow copy of the request to another cluster."""
+
+    cluster: str | None = None
+    cluster_header: str | None = None           # the cluster named by this request header
+    numerator: int = 100                        # runtime_fraction: mirror numerator/denominator
+    denominator: int = 100
+    disable_shadow_host_suffix_append: bool = False
 
 
 @dataclass(frozen=True, slots=True)

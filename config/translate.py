@@ -327,10 +327,10 @@ class Translator(RouteTranslator, ClusterTranslator):
                         hcm = self.unpack(f.typed_config, path)
                         if hcm is None or not wrapped(hcm.route_config, "validate_clusters", True):
                             continue
-                        for name in route_cluster_names(hcm.route_config):
+                        for name, kind in route_cluster_names(hcm.route_config):
                             if name not in cluster_names:
                                 self.error(f"{path}.typed_config.route_config",
-                                           f"route: unknown cluster '{name}'")
+                                           f"route: unknown {kind} '{name}'")
 
 
 

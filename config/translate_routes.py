@@ -182,7 +182,8 @@ class RouteTranslator(TranslatorBase):
     def route_action(self, a: Message, path: str) -> model.RouteAction | None:
         self.only(a, path, ("cluster", "cluster_header", "weighted_clusters",
                             "cluster_not_found_response_code", "prefix_rewrite", "regex_rewrite",
-                            "host_rewrite_literal", "auto_host_rewrite", "timeout", "retry_policy"))
+                            "host_rewrite_literal", "auto_host_rewrite", "timeout", "retry_policy",
+                            "request_mirror_policies"))
         spec = a.WhichOneof("cluster_specifier")
         if spec not in ("cluster", "cluster_header", "weighted_clusters"):
             self.error(path, "one of cluster, cluster_header or weighted_clusters is required")
@@ -223,7 +224,29 @@ class RouteTranslator(TranslatorBase):
             auto_host_rewrite=wrapped(a, "auto_host_rewrite", False),
             timeout=optional_timeout(a, "timeout", 15.0),
             retry_policy=(self.retry_policy(a.retry_policy, f"{path}.retry_policy")
-                          if a.HasField("retry_policy") else None))
+                          if a.HasField("retry_policy") else None),
+            mirror_policies=tuple(self.mirror_policy(m, f"{path}.request_mirror_policies[{i}]")
+                                  for i, m in enumerate(a.request_mirror_policies)))
+
+    def mirror_policy(self, m: Message, path: str) -> model.MirrorPolicy:
+        self.only(m, path, ("cluster", "cluster_header", "runtime_fraction", "trace_sampled",
+                            "disable_shadow_host_suffix_append"))
+        if bool(m.cluster) == bool(m.cluster_header):
+            self.error(path, "exactly one of cluster and cluster_header is required")
+        if wrapped(m, "trace_sampled", False):
+            # No tracing: no request is trace-sampled, so Envoy would never mirror.
+            self.error(f"{path}.trace_sampled", "true is not supported (sidecar does no tracing)")
+        numerator, denominator = 100, 100
+        if m.HasField("runtime_fraction"):
+            rf, rp = m.runtime_fraction, f"{path}.runtime_fraction"
+            self.only(rf, rp, ("default_value", "runtime_key"))
+            self.only(rf.default_value, f"{rp}.default_value", ("numerator", "denominator"))
+            numerator = rf.default_value.numerator
+            denominator = {0: 100, 1: 10_000, 2: 1_000_000}.get(rf.default_value.denominator, 100)
+        return model.MirrorPolicy(cluster=m.cluster or None,
+                                  cluster_header=m.cluster_header.lower() or None,
+                                  numerator=numerator, denominator=denominator,
+                                  disable_shadow_host_suffix_append=m.disable_shadow_host_suffix_append)
 
     # --- retries ------------------------------------------------------------------
 
@@ -390,13 +413,17 @@ class RouteTranslator(TranslatorBase):
 
 
 
-def route_cluster_names(rc: Message) -> list[str]:
+def route_cluster_names(rc: Message) -> list[tuple[str, str]]:
+    """The clusters a route table names, each with what names it ("cluster" or "shadow
+    cluster", as Envoy's validate_clusters error says)."""
     names = []
     for vh in rc.virtual_hosts:
         for r in vh.routes:
             if r.WhichOneof("action") != "route":
                 continue
             if r.route.cluster:
-                names.append(r.route.cluster)
-            names += [c.name for c in r.route.weighted_clusters.clusters if c.name]
+                names.append((r.route.cluster, "cluster"))
+            names += [(c.name, "cluster") for c in r.route.weighted_clusters.clusters if c.name]
+            names += [(m.cluster, "shadow cluster") for m in r.route.request_mirror_policies
+                      if m.cluster]
     return names

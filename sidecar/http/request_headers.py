@@ -19,7 +19,7 @@ DROPPED = frozenset(("connection", "keep-alive", "proxy-connection", "transfer-e
                      "x-envoy-retry-on", "x-envoy-retry-grpc-on", "x-envoy-max-retries",
                      "x-envoy-retriable-status-codes", "x-envoy-retriable-header-names",
                      "x-envoy-upstream-rq-timeout-ms", "x-envoy-upstream-rq-per-try-timeout-ms",
-                     "x-envoy-hedge-on-per-try-timeout"))
+                     "x-envoy-hedge-on-per-try-timeout", "x-envoy-internal"))
 
 _random_hex = bytearray()     # pre-drawn random hex digits, consumed from the end
 

@@ -19,6 +19,7 @@ from config import model
 from filters.api import FilterContext
 from filters.http.router.factory import RouterConfig
 from filters.http.router.headers import apply_mutations, redirect_location
+from filters.http.router.mirror import finish_shadows, start_shadows
 from filters.http.router.retrying import forward_retrying
 from filters.http.router.upstream_request import (REPLAY_LIMIT, SentBody, count_reply, held_body,
                                                   host_failed, host_responded, reply_for)
@@ -51,6 +52,7 @@ class Router:
                                if hcm.server_header_transformation == "OVERWRITE" else HOP_BY_HOP)
         self.loop = asyncio.get_event_loop()
         self.buffer_limit = ctx.buffer_limit    # the retry buffer when the route sets none
+        self.shadows: set[asyncio.Task[None]] = set()   # mirrored requests in flight
 
     async def __call__(self, request: Request) -> Response:
         entry: RouteEntry | None = request.route
@@ -109,7 +111,8 @@ class Router:
         if entry is None or request.body is not None:
             return None
         action = entry.action
-        if type(action) is not model.RouteAction or action.retry_policy is not None:
+        if (type(action) is not model.RouteAction or action.retry_policy is not None
+                or action.mirror_policies):
             return None
         name, weighted = self.pick_cluster(request, action)
         cluster = self.clusters.get(name)
@@ -177,16 +180,31 @@ class Router:
             raise local_reply.no_healthy_upstream()
         if cluster.stats.upstream_rq_active >= cluster.max_requests:
             raise self.overflow(cluster.stats, local_reply.overflow(), active=True)
-        if action.retry_policy is not None:
-            return await forward_retrying(self, request, entry, action, action.retry_policy,
-                                          weighted, cluster, host)
+        policy = action.retry_policy
+        sent = held_body(request, REPLAY_LIMIT if policy is None else
+                         policy.buffer_limit if policy.buffer_limit is not None else self.buffer_limit)
+        pending = (start_shadows(self, request, entry, action, weighted, host)
+                   if action.mirror_policies else None)
+        try:
+            if policy is not None:
+                return await forward_retrying(self, request, entry, action, policy, weighted,
+                                              cluster, host, sent)
+            return await self.forward_once(request, entry, action, name, weighted, cluster, host,
+                                           sent)
+        finally:
+            if pending:
+                finish_shadows(self, request, action, pending, sent)
+
+    async def forward_once(self, request: Request, entry: RouteEntry, action: model.RouteAction,
+                           name: str, weighted: model.WeightedClusterEntry | None, cluster: Any,
+                           host: Any, sent: SentBody) -> Response:
+        """One attempt (the route has no retry policy)."""
         stats, start = self.begin(request, name, cluster, host)
         timeout = action.timeout
         head = self.upstream_head(request, entry, action, weighted, host, timeout)
         try:
             response = await self.exchange(request, host, head,
-                                           None if timeout is None else start + timeout,
-                                           held_body(request, REPLAY_LIMIT))
+                                           None if timeout is None else start + timeout, sent)
         except LocalReply as reply:
             if reply.flag == "UO":      # max_pending_requests: never sent
                 stats.upstream_rq_total -= 1
@@ -232,7 +250,16 @@ class Router:
     def upstream_head(self, request: Request, entry: RouteEntry, action: model.RouteAction,
                       weighted: model.WeightedClusterEntry | None, host: Any,
                       timeout: float | None, attempt: int = 0) -> bytes:
-        headers = request.headers
+        """The request head as sent upstream (request.headers gains the headers added)."""
+        path, authority, headers = self.upstream_parts(request, request.headers, entry, action,
+                                                       weighted, host, timeout, attempt)
+        return serialize_request_head(request.method, path, [("host", authority), *headers])
+
+    def upstream_parts(self, request: Request, headers: list[tuple[str, str]], entry: RouteEntry,
+                       action: model.RouteAction, weighted: model.WeightedClusterEntry | None,
+                       host: Any, timeout: float | None, attempt: int = 0
+                       ) -> tuple[str, str, list[tuple[str, str]]]:
+        """Path, authority and headers for upstream: rewrites, Envoy's headers, mutations."""
         path = request.path
         authority = request.authority
         if action.prefix_rewrite is not None or action.regex_rewrite is not None:
@@ -265,7 +292,7 @@ class Router:
             headers.append(("transfer-encoding", "chunked"))
         else:
             headers.append(("content-length", str(request.content_length)))
-        return serialize_request_head(request.method, path, [("host", authority), *headers])
+        return path, authority, headers
 
     async def exchange(self, request: Request, host: Any, head: bytes,
                        deadline: float | None, sent: SentBody, race_replay: bool = True) -> Response:

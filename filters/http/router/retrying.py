@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from config import model
 from filters.http.router import retry
-from filters.http.router.upstream_request import count_reply, held_body, host_failed, host_responded
+from filters.http.router.upstream_request import SentBody, count_reply, host_failed, host_responded
 from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import Request, Response
@@ -20,11 +20,11 @@ if TYPE_CHECKING:
 
 async def forward_retrying(router: Router, request: Request, entry: RouteEntry, action: model.RouteAction,
                            policy: model.RetryPolicy, weighted: model.WeightedClusterEntry | None,
-                           cluster: Any, host: Any) -> Response:
+                           cluster: Any, host: Any, sent: SentBody) -> Response:
     """Forward under a retry policy (route's, else virtual host's), as Envoy's router.
 
     Attempts go one after another; the route timeout spans them all, each one
-    also bounded by per_try_timeout.  The request body is held (up to the
+    also bounded by per_try_timeout.  The request body is held in ``sent`` (up to the
     route's per_request_buffer_limit_bytes, else the listener's buffer limit)
     and replayed on each attempt; a body larger than that turns retries off.
     """
@@ -36,8 +36,6 @@ async def forward_retrying(router: Router, request: Request, entry: RouteEntry, 
     deadline = None if timeout is None else start + timeout
     per_try = policy.per_try_timeout
     retries_left = policy.num_retries if policy.retry_on else 0
-    sent = held_body(request, policy.buffer_limit if policy.buffer_limit is not None
-                     else router.buffer_limit)
     original_headers = request.headers
     race_replay = not retry.retry_failure(policy, "reset")
     backoff: retry.BackOff | None = None

@@ -20,6 +20,7 @@ from typing import Any, Protocol
 import re2
 from google.protobuf.message import Message
 
+from sidecar.admin.clusters import render as render_clusters
 from sidecar.admin.config_dump import (AdminError, DynamicView, config_dump_json, effective_node,
                                        server_info_json)
 from sidecar.stats import Scope, StatsStore
@@ -43,6 +44,7 @@ class AdminTarget(Protocol):
     start_time: float           # epoch seconds
     options: dict[str, Any]
     health_failed: bool         # set by health_check_failed(); reported as DRAINING
+    cluster_manager: Any        # sidecar.upstream.cluster.ClusterManager
 
     def request_shutdown(self) -> None: ...
     def health_check_failed(self, failed: bool) -> None: ...
@@ -95,6 +97,12 @@ def server_info(target: AdminTarget, params: dict[str, str]) -> Reply:
                             options=target.options,
                             node=effective_node(target.bootstrap, target.options, ver))
     return Reply(200, body, JSON)
+
+
+def clusters(target: AdminTarget, params: dict[str, str]) -> Reply:
+    as_json = params.get("format") == "json"      # any other format: text, as Envoy
+    body = render_clusters(target.cluster_manager.clusters, as_json)
+    return Reply(200, body, JSON if as_json else TEXT)
 
 
 def config_dump(target: AdminTarget, params: dict[str, str]) -> Reply:
@@ -192,6 +200,8 @@ _STAT_PARAMS = (("usedonly", "Only include stats that have been written by syste
                 ("invert_filter", "Invert the filter regex"))
 ENDPOINTS: dict[str, Endpoint] = {
     "/": Endpoint(home_page, "Admin home page"),
+    "/clusters": Endpoint(clusters, "upstream cluster status", params=(
+        ("format", "File format to use; One of (text, json)"),)),
     "/config_dump": Endpoint(config_dump, "dump current Envoy configs", offload=True, params=(
         ("resource", "The resource to dump"),
         ("mask", "The mask to apply. When both resource and mask are specified, the mask is "
@@ -273,6 +283,7 @@ class ThreadView:
     options: dict[str, Any]
     health_failed: bool
     dynamic: DynamicView | None
+    cluster_manager: Any = None     # live state: read on the event loop only (/clusters)
 
     @classmethod
     def of(cls, target: AdminTarget) -> ThreadView:

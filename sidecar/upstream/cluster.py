@@ -41,6 +41,7 @@ class ClusterRuntime:
         self.pools: dict[tuple[str, int], Http1Pool] = pools or {}
         self.task: asyncio.Task[None] | None = None
         self.initialized = asyncio.Event()
+        self.added_via_api = False        # CDS (ClusterManager.put), as admin /clusters says
         # Circuit breakers (priority DEFAULT), checked against the counts the stats keep
         # anyway: upstream_rq_active, upstream_rq_pending_active, upstream_cx_active.
         self.max_connections = config.max_connections
@@ -276,6 +277,7 @@ class ClusterManager:
             runtime.set_endpoints(endpoints)
         elif old is not None and config.type == "EDS":
             runtime.set_hosts(old.hosts)
+        runtime.added_via_api = True
         self.clusters[config.name] = runtime
         runtime.start()
 

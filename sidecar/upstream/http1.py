@@ -87,6 +87,7 @@ class Http1UpstreamConnection(WriteFlowControl, asyncio.Protocol):
         ``on_head`` when given, else to the future returned.
         """
         self.requests += 1
+        self.pool.rq_total += 1
         self.request_done = self.response_done = self.received_any = False
         self.body = None
         self.parser.expect(method)

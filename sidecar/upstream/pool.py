@@ -41,6 +41,12 @@ class Http1Pool:
         # Requests waiting for a connection to free up (max_connections reached): each gets
         # a released connection, or None when a connection closed (connect anew).
         self.waiters: list[asyncio.Future[Http1UpstreamConnection | None]] = []
+        # Envoy's per-host stats (admin /clusters).  The pool lives as long as its address
+        # stays in the cluster, as an Envoy host does.  rq_total counts requests written
+        # (Http1UpstreamConnection.send_head); the router's per-attempt outcome reports
+        # (upstream_request.host_responded / host_failed) count success, error, timeout.
+        self.cx_total = self.cx_connect_fail = self.rq_pending_active = 0
+        self.rq_total = self.rq_success = self.rq_error = self.rq_timeout = 0
 
     def __repr__(self) -> str:
         return f"<Http1Pool {self.address}:{self.port} idle={len(self.idle)} busy={len(self.busy)}>"
@@ -70,6 +76,7 @@ class Http1Pool:
             raise local_reply.overflow()
         stats.upstream_rq_pending_total += 1
         stats.upstream_rq_pending_active += 1
+        self.rq_pending_active += 1
         try:
             if (breaker.connections() < breaker.max_connections
                     or not (self.busy or self.idle or self.connecting)):
@@ -96,6 +103,7 @@ class Http1Pool:
             return conn
         finally:
             stats.upstream_rq_pending_active -= 1
+            self.rq_pending_active -= 1
 
     def _wake(self, conn: Http1UpstreamConnection | None) -> bool:
         """Hand ``conn`` (or a free connection slot: None) to the first waiting request."""
@@ -117,6 +125,7 @@ class Http1Pool:
         stats = self.stats
         stats.upstream_cx_total += 1
         stats.upstream_cx_http1_total += 1
+        self.cx_total += 1
         timeout = self.connect_timeout
         route_deadline_first = False
         if deadline is not None and deadline - loop.time() < timeout:
@@ -136,11 +145,13 @@ class Http1Pool:
         except TimeoutError:
             stats.upstream_cx_connect_fail += 1
             stats.upstream_cx_connect_timeout += 1
+            self.cx_connect_fail += 1
             if route_deadline_first:
                 raise local_reply.upstream_timeout() from None
             raise local_reply.connect_timeout() from None
         except OSError as e:
             stats.upstream_cx_connect_fail += 1
+            self.cx_connect_fail += 1
             log.debug("connect to %s:%s failed: %s", self.address, self.port, e)
             raise local_reply.connect_failure(os.strerror(e.errno) if e.errno else "") from None
         finally:

@@ -90,6 +90,12 @@ def reply_for(error: Exception) -> LocalReply:
 def host_responded(host: Any, status: int, headers: list[tuple[str, str]]) -> None:
     """One attempt got a response head: tell the host's outlier detector, and its health
     checker when the upstream asks to be failed at once (x-envoy-immediate-health-check-fail)."""
+    pool = host.pool
+    if pool is not None:
+        if status >= 500:
+            pool.rq_error += 1
+        else:
+            pool.rq_success += 1
     outlier = host.outlier
     if outlier is not None:
         outlier.put_http_status(status)
@@ -104,6 +110,11 @@ def host_responded(host: Any, status: int, headers: list[tuple[str, str]]) -> No
 def host_failed(host: Any, reply: LocalReply) -> None:
     """One attempt ended without a response head; ``reply.flag`` says how: UF (connect
     failure), UT (timeout), UC / UPE (reset, protocol error)."""
+    pool = host.pool
+    if pool is not None:
+        pool.rq_error += 1
+        if reply.flag == "UT":
+            pool.rq_timeout += 1
     outlier = host.outlier
     if outlier is not None:
         outlier.put_local_failure(reply.flag)

@@ -195,7 +195,8 @@ class ListenerStats(Scope):
 class ClusterStats(Scope):
     """cluster.<name>.* of one upstream cluster."""
 
-    COUNTERS = ("upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_connect_fail",
+    COUNTERS = ("upstream_cx_total", "upstream_cx_http1_total", "upstream_cx_http2_total",
+                "upstream_cx_connect_fail",
                 "upstream_cx_connect_timeout", "upstream_cx_destroy", "upstream_cx_destroy_local",
                 "upstream_cx_destroy_remote", "upstream_cx_idle_timeout",
                 "upstream_cx_max_requests", "upstream_cx_protocol_error",

@@ -19,7 +19,10 @@ LOG_LEVELS = {"trace": logging.DEBUG, "debug": logging.DEBUG, "info": logging.IN
 
 
 def parse_args(argv: list[str] | None) -> argparse.Namespace:
-    p = argparse.ArgumentParser(prog="sidecar", description="A sidecar proxy that runs Envoy v3 configs.")
+    p = argparse.ArgumentParser(
+        prog="sidecar", description="A sidecar proxy that runs Envoy v3 configs.",
+        epilog="Also: `sidecar bootstrap` (a bootstrap from environment variables, --help for "
+               "them) and `sidecar xds-server` (the development control plane).")
     p.add_argument("-c", "--config-path", help="Envoy v3 bootstrap file (YAML or JSON)")
     p.add_argument("--config-yaml", help="YAML bootstrap merged over the file (as Envoy merges it)")
     p.add_argument("--mode", choices=("serve", "validate"), default="serve")
@@ -63,6 +66,9 @@ def main(argv: list[str] | None = None) -> int:
     if argv[:1] == ["xds-server"]:      # the development control plane (sidecar/xds_server)
         from sidecar.xds_server.cli import main as xds_server_main
         return xds_server_main(argv[1:])
+    if argv[:1] == ["bootstrap"]:       # bootstrap from the environment (sidecar/bootstrap_gen)
+        from sidecar.bootstrap_gen import main as bootstrap_main
+        return bootstrap_main(argv[1:])
     args = parse_args(argv)
     logging.basicConfig(level=LOG_LEVELS[args.log_level],
                         format="[%(asctime)s][%(process)d][%(levelname)s][%(name)s] %(message)s")

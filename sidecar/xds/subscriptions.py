@@ -95,7 +95,9 @@ class Subscriptions:
                              "cluster with an endpoint")
         address = cluster.endpoints[0].address
         host = f"[{address.address}]" if address.is_ipv6 else address.address
-        return f"{host}:{address.port}"
+        # An explicit scheme: gRPC would read a bare "xds:18000" (a compose service named xds)
+        # as the target URI of its own xds: resolver and never connect.
+        return f"dns:///{host}:{address.port}"
 
     def sources(self) -> list[Source]:
         return [*self.files, *self.per_type.values(), *([self.ads] if self.ads else [])]

@@ -115,6 +115,19 @@ class RetryPolicy:
 
 
 @dataclass(frozen=True, slots=True)
+class HashPolicy:
+    """One RouteAction.hash_policy entry (filters/http/router/hash_policy.py evaluates them)."""
+
+    kind: str                                   # header | cookie | source_ip | query_parameter
+    name: str = ""                              # header (lower-case), cookie or parameter name
+    regex_rewrite: RegexRewrite | None = None   # header only
+    cookie_ttl: int | None = None               # whole seconds; set: generate a missing cookie
+    cookie_path: str = ""
+    cookie_attributes: tuple[tuple[str, str], ...] = ()
+    terminal: bool = False
+
+
+@dataclass(frozen=True, slots=True)
 class RouteAction:
     """Forward to a cluster (one, or a weighted split)."""
 
@@ -129,7 +142,13 @@ class RouteAction:
     auto_host_rewrite: bool = False
     timeout: float | None = 15.0                # Envoy's default; None = disabled
     retry_policy: RetryPolicy | None = None     # None: one attempt, no attempt count headers
+    hash_policy: tuple[HashPolicy, ...] = ()    # for RING_HASH / MAGLEV clusters
     mirror_policies: tuple[MirrorPolicy, ...] = ()   # request_mirror_policies
+    # max_stream_duration: the stream's limit (None: none); with grpc_timeout_header_max set
+    # (0: no cap) a request's grpc-timeout header, capped, less the offset, replaces it.
+    max_stream_duration: float | None = None
+    grpc_timeout_header_max: float | None = None
+    grpc_timeout_header_offset: float = 0.0
 
 
 @dataclass(frozen=True, slots=True)
@@ -214,6 +233,20 @@ class RouteConfig:
 # --- network filters ------------------------------------------------------------
 
 @dataclass(frozen=True, slots=True)
+class Http2ProtocolOptions:
+    """The downstream HTTP/2 settings and flood limits of an http_connection_manager
+    (http2_protocol_options); the defaults are Envoy's."""
+    max_concurrent_streams: int = 2147483647
+    initial_stream_window_size: int = 268435456
+    initial_connection_window_size: int = 268435456
+    max_outbound_frames: int = 10000
+    max_outbound_control_frames: int = 1000
+    max_consecutive_inbound_frames_with_empty_payload: int = 1
+    max_inbound_priority_frames_per_stream: int = 100
+    max_inbound_window_update_frames_per_data_frame_sent: int = 10
+
+
+@dataclass(frozen=True, slots=True)
 class HttpFilterConfig:
     """One entry of http_filters: the Envoy name and its parsed config."""
 
@@ -239,7 +272,7 @@ class HttpConnectionManager:
     http_filters: tuple[HttpFilterConfig, ...]
     rds_route_config_name: str = ""             # set with route_config None
     rds_config_source: ConfigSource | None = None
-    codec_type: str = "AUTO"                    # AUTO | HTTP1
+    codec_type: str = "AUTO"                    # AUTO | HTTP1 | HTTP2
     use_remote_address: bool = False
     xff_num_trusted_hops: int = 0
     skip_xff_append: bool = False
@@ -260,6 +293,7 @@ class HttpConnectionManager:
     max_requests_per_connection: int = 0
     suppress_envoy_headers: bool = False        # from the router filter's config
     access_logs: tuple[AccessLog, ...] = ()
+    http2: Http2ProtocolOptions = Http2ProtocolOptions()
 
 
 @dataclass(frozen=True, slots=True)
@@ -274,22 +308,73 @@ NetworkFilter = Union[HttpConnectionManager, TcpProxy]
 
 
 @dataclass(frozen=True, slots=True)
+class FilterChainMatch:
+    """filter_chain_match (sidecar/listener/chain_match.py): prefixes are ipaddress networks."""
+    destination_port: int | None = None
+    prefix_ranges: tuple[Any, ...] = ()
+    source_prefix_ranges: tuple[Any, ...] = ()
+    source_ports: frozenset[int] = frozenset()
+    server_names: tuple[str, ...] = ()
+    transport_protocol: str = ""
+    application_protocols: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
 class FilterChain:
     name: str
     filter: NetworkFilter
+    match: FilterChainMatch | None = None
+
+
+@dataclass(frozen=True, slots=True)
+class ListenerFilter:
+    """A listener filter: envoy.filters.listener.original_dst | http_inspector | tls_inspector."""
+    kind: str                                   # "original_dst" | "http_inspector" | "tls_inspector"
+    name: str = ""
 
 
 @dataclass(frozen=True, slots=True)
 class Listener:
     name: str
     address: SocketAddress
-    filter_chain: FilterChain
+    filter_chain: FilterChain                   # the only chain (or the first, or the default)
     per_connection_buffer_limit_bytes: int = 1024 * 1024
     bind_to_port: bool = True
     stat_prefix: str = ""
+    # Several chains / listener filters (sidecar/listener/accept.py); empty: one chain, fast path.
+    filter_chains: tuple[FilterChain, ...] = ()
+    default_filter_chain: FilterChain | None = None
+    listener_filters: tuple[ListenerFilter, ...] = ()
+    listener_filters_timeout: float | None = 15.0
+    continue_on_listener_filters_timeout: bool = False
+    use_original_dst: bool = False
+
+    @property
+    def needs_accept_stage(self) -> bool:
+        """Whether a connection needs listener filters or chain matching before its chain."""
+        return bool(self.listener_filters or self.filter_chains or self.use_original_dst)
 
 
 # --- clusters --------------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class Locality:
+    """envoy.config.core.v3.Locality: where an endpoint runs (Host.locality at run time)."""
+    region: str = ""
+    zone: str = ""
+    sub_zone: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class AssignmentPolicy:
+    """ClusterLoadAssignment.policy: how priority and locality health are scaled."""
+    overprovisioning_factor: int = 140          # percent (Envoy's default 1.4)
+    weighted_priority_health: bool = False      # level health by host weight, not host count
+
+
+NO_LOCALITY = Locality()
+DEFAULT_ASSIGNMENT_POLICY = AssignmentPolicy()
+
 
 @dataclass(frozen=True, slots=True)
 class Endpoint:
@@ -299,6 +384,15 @@ class Endpoint:
     health_status: str = "UNKNOWN"
     hostname: str = ""
     priority: int = 0
+    locality: Locality = NO_LOCALITY
+    # The locality's load_balancing_weight at this priority (the last LocalityLbEndpoints of
+    # that locality and priority that set one, as Envoy); 0 = none (no traffic when the
+    # cluster balances by locality weight).
+    locality_weight: int = 0
+    # The policy of the ClusterLoadAssignment the endpoint came in (the same for all of them).
+    policy: AssignmentPolicy = DEFAULT_ASSIGNMENT_POLICY
+    # metadata.filter_metadata["envoy.lb"].hash_key: the key RING_HASH / MAGLEV hash the host by
+    hash_key: str = ""
 
     @property
     def usable(self) -> bool:
@@ -307,12 +401,30 @@ class Endpoint:
 
 
 @dataclass(frozen=True, slots=True)
+class UpstreamHttp2:
+    """A cluster's explicit_http_config.http2_protocol_options (Envoy's defaults)."""
+
+    max_concurrent_streams: int = 2147483647
+    initial_stream_window_size: int = 268435456
+    initial_connection_window_size: int = 268435456
+    keepalive: tuple[float, float] | None = None    # connection_keepalive (interval, timeout)
+
+
+@dataclass(frozen=True, slots=True)
 class Cluster:
     name: str
     type: str = "STATIC"                        # STATIC | STRICT_DNS | EDS
     endpoints: tuple[Endpoint, ...] = ()
-    lb_policy: str = "ROUND_ROBIN"              # ROUND_ROBIN | RANDOM | LEAST_REQUEST
+    lb_policy: str = "ROUND_ROBIN"              # ROUND_ROBIN | RANDOM | LEAST_REQUEST | RING_HASH | MAGLEV
     least_request_choice_count: int = 2
+    # Consistent hashing (sidecar/upstream/hash_lb.py): ring_hash_lb_config, maglev_lb_config,
+    # common_lb_config.consistent_hashing_lb_config.use_hostname_for_hashing
+    ring_hash_minimum_ring_size: int = 1024
+    ring_hash_maximum_ring_size: int = 8 * 1024 * 1024
+    ring_hash_function: str = "XX_HASH"         # XX_HASH | MURMUR_HASH_2
+    maglev_table_size: int = 65537
+    use_hostname_for_hashing: bool = False
+    hash_balance_factor: int = 0                # consistent hashing with bounded loads; 0 = off
     connect_timeout: float = 5.0
     per_connection_buffer_limit_bytes: int = 1024 * 1024
     idle_timeout: float | None = 3600.0         # upstream pooled connection idle timeout
@@ -320,9 +432,11 @@ class Cluster:
     dns_refresh_rate: float = 5.0
     dns_lookup_family: str = "AUTO"             # AUTO | V4_ONLY | V6_ONLY | V4_PREFERRED | ALL
     healthy_panic_threshold: float = 50.0       # percent; 0 disables panic routing
+    locality_weighted_lb: bool = False          # common_lb_config.locality_weighted_lb_config
     eds_service_name: str = ""                  # EDS: the ClusterLoadAssignment to ask for
     eds_config_source: ConfigSource | None = None
-    http2: bool = False                         # a gRPC service target (xDS); not routable yet
+    http2: bool = False                         # the upstream speaks HTTP/2 (http2_options set)
+    http2_options: UpstreamHttp2 | None = None
     # circuit_breakers.thresholds, priority DEFAULT (Envoy's defaults when unset)
     max_connections: int = 1024
     max_pending_requests: int = 1024
@@ -331,6 +445,18 @@ class Cluster:
     retry_budget_percent: float | None = None   # retry_budget set: it replaces max_retries
     retry_budget_min_concurrency: int = 3
     track_remaining: bool = False
+    outlier_detection: OutlierDetection | None = None   # None: no outlier detection
+    health_check: HealthCheck | None = None     # health_checks[0]; None: no active health checks
+    original_dst: OriginalDst | None = None     # type ORIGINAL_DST (sidecar/upstream/original_dst.py)
+    upstream_bind_address: str | None = None    # upstream_bind_config.source_address (port 0)
+
+
+@dataclass(frozen=True, slots=True)
+class OriginalDst:
+    """An ORIGINAL_DST cluster's settings: original_dst_lb_config and cleanup_interval."""
+    use_http_header: bool = False
+    http_header_name: str = "x-envoy-original-dst-host"
+    cleanup_interval: float = 5.0
 
 
 # --- bootstrap -------------------------------------------------------------------
@@ -392,3 +518,101 @@ class Snapshot:
             if c.name == name:
                 return c
         return None
+
+
+# --- outlier detection -----------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class OutlierDetection:
+    """envoy.config.cluster.v3.OutlierDetection, with Envoy's defaults for unset fields.
+
+    Durations are float seconds (the detector works in Envoy's whole milliseconds);
+    percentages are whole percents; success_rate_stdev_factor is in thousandths (1900 = 1.9).
+    """
+
+    consecutive_5xx: int = 5
+    interval: float = 10.0
+    base_ejection_time: float = 30.0
+    max_ejection_percent: int = 10
+    enforcing_consecutive_5xx: int = 100
+    enforcing_success_rate: int = 100
+    success_rate_minimum_hosts: int = 5
+    success_rate_request_volume: int = 100
+    success_rate_stdev_factor: int = 1900
+    consecutive_gateway_failure: int = 5
+    enforcing_consecutive_gateway_failure: int = 0
+    split_external_local_origin_errors: bool = False
+    consecutive_local_origin_failure: int = 5
+    enforcing_consecutive_local_origin_failure: int = 100
+    enforcing_local_origin_success_rate: int = 100
+    failure_percentage_threshold: int = 85
+    enforcing_failure_percentage: int = 0
+    enforcing_failure_percentage_local_origin: int = 0
+    failure_percentage_minimum_hosts: int = 5
+    failure_percentage_request_volume: int = 50
+    max_ejection_time: float = 300.0            # unset: max(300 s, base_ejection_time)
+    max_ejection_time_jitter: float = 0.0
+    successful_active_health_check_uneject_host: bool = True
+    always_eject_one_host: bool = False
+
+
+# --- health checks -----------------------------------------------------------------
+
+@dataclass(frozen=True, slots=True)
+class HttpHealthCheck:
+    """HealthCheck.http_health_check: GET ``path`` over HTTP/1.1."""
+
+    path: str
+    host: str = ""                              # "" = the cluster's name, as Envoy
+    headers_to_add: tuple[HeaderValueOption, ...] = ()
+    headers_to_remove: tuple[str, ...] = ()
+    expected_statuses: tuple[tuple[int, int], ...] = ((200, 201),)   # [start, end) ranges
+    retriable_statuses: tuple[tuple[int, int], ...] = ()
+    method: str = "GET"
+    send: bytes = b""                           # a request body (POST, PUT, PATCH, OPTIONS)
+    receive: tuple[bytes, ...] = ()             # blocks the response body must hold, in order
+    response_buffer_size: int = 1024            # body bytes matched against ``receive``; 0 = all
+
+
+@dataclass(frozen=True, slots=True)
+class TcpHealthCheck:
+    """HealthCheck.tcp_health_check: ``send`` on connect, expect each ``receive`` block in order
+    (empty ``receive``: a connect-only check)."""
+
+    send: bytes = b""
+    receive: tuple[bytes, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class GrpcHealthCheck:
+    """HealthCheck.grpc_health_check: grpc.health.v1.Health/Check over HTTP/2."""
+
+    service_name: str = ""
+    authority: str = ""                         # "" = the cluster's name, as Envoy
+    initial_metadata: tuple[HeaderValueOption, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class HealthCheck:
+    """envoy.config.core.v3.HealthCheck with Envoy's defaults resolved (float seconds).
+
+    Exactly one of ``http``, ``tcp``, ``grpc`` is set.
+    """
+
+    timeout: float
+    interval: float
+    unhealthy_threshold: int
+    healthy_threshold: int
+    http: HttpHealthCheck | None = None
+    tcp: TcpHealthCheck | None = None
+    grpc: GrpcHealthCheck | None = None
+    initial_jitter: float = 0.0
+    interval_jitter: float = 0.0
+    interval_jitter_percent: int = 0
+    no_traffic_interval: float = 60.0
+    no_traffic_healthy_interval: float = 60.0   # unset: no_traffic_interval
+    unhealthy_interval: float = 0.0             # unset: interval
+    unhealthy_edge_interval: float = 0.0        # unset: unhealthy_interval
+    healthy_edge_interval: float = 0.0          # unset: interval
+    reuse_connection: bool = True
+    always_log_health_check_failures: bool = False

@@ -22,6 +22,8 @@ from config.access_format import DEFAULT_FORMAT, parse_format
 from config.errors import ConfigError, ConfigErrors
 from config.translate_base import FilterParserLookup, each, optional_timeout, seconds, wrapped
 from config.translate_clusters import ClusterTranslator
+from config.translate_http2 import Http2OptionsTranslator
+from config.translate_listener_match import ListenerMatchTranslator
 from config.translate_routes import RouteTranslator, route_cluster_names
 
 log = logging.getLogger(__name__)
@@ -34,7 +36,7 @@ STDOUT_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.st
 STDERR_ACCESS_LOG_TYPE = "type.googleapis.com/envoy.extensions.access_loggers.stream.v3.StderrAccessLog"
 
 
-class Translator(RouteTranslator, ClusterTranslator):
+class Translator(RouteTranslator, ClusterTranslator, Http2OptionsTranslator, ListenerMatchTranslator):
     # --- bootstrap ----------------------------------------------------------------
 
     def bootstrap(self, bs: Message) -> model.Snapshot | None:
@@ -119,26 +121,43 @@ class Translator(RouteTranslator, ClusterTranslator):
     def listener(self, lst: Message, path: str) -> model.Listener | None:
         self.only(lst, path, ("name", "address", "filter_chains", "stat_prefix",
                               "per_connection_buffer_limit_bytes", "traffic_direction",
-                              "bind_to_port", "metadata"))
+                              "bind_to_port", "metadata", "listener_filters",
+                              "listener_filters_timeout", "continue_on_listener_filters_timeout",
+                              "use_original_dst", "default_filter_chain"))
         if not lst.name:
             self.error(f"{path}.name", "a listener needs a name")
         address = self.socket_address(lst.address, f"{path}.address")
-        if len(lst.filter_chains) != 1:
-            self.error(f"{path}.filter_chains",
-                       f"exactly one filter chain is supported, got {len(lst.filter_chains)}")
+        if not lst.filter_chains and not lst.HasField("default_filter_chain"):
+            self.error(f"{path}.filter_chains", "a listener needs a filter chain "
+                       "(filter_chains or default_filter_chain)")
             return None
-        chain = self.filter_chain(lst.filter_chains[0], f"{path}.filter_chains[0]")
-        if address is None or chain is None:
+        errors = len(self.errors)
+        chains = [self.filter_chain(fc, f"{path}.filter_chains[{i}]")
+                  for i, fc in enumerate(lst.filter_chains)]
+        default = None
+        if lst.HasField("default_filter_chain"):
+            default = self.filter_chain(lst.default_filter_chain, f"{path}.default_filter_chain")
+            if default is not None and default.match is not None:
+                self.error(f"{path}.default_filter_chain.filter_chain_match",
+                           "the default filter chain takes no filter_chain_match")
+        good = [c for c in chains if c is not None]
+        extras = self.listener_extras(lst, path, good, default)
+        if address is None or len(self.errors) > errors or not (good or default):
             return None
         return model.Listener(
-            name=lst.name, address=address, filter_chain=chain,
+            name=lst.name, address=address, filter_chain=good[0] if good else default,  # type: ignore[arg-type]
             per_connection_buffer_limit_bytes=wrapped(
                 lst, "per_connection_buffer_limit_bytes", 1024 * 1024),
             bind_to_port=wrapped(lst, "bind_to_port", True),
-            stat_prefix=lst.stat_prefix)
+            stat_prefix=lst.stat_prefix, **extras)
 
     def filter_chain(self, fc: Message, path: str) -> model.FilterChain | None:
-        self.only(fc, path, ("filters", "name"))
+        self.only(fc, path, ("filters", "name", "filter_chain_match"))
+        match = None
+        if fc.HasField("filter_chain_match"):
+            match = self.filter_chain_match(fc.filter_chain_match, f"{path}.filter_chain_match")
+            if match == model.FilterChainMatch():
+                match = None        # an empty match is the catch-all, like no match at all
         if len(fc.filters) != 1:
             self.error(f"{path}.filters", "exactly one network filter (http_connection_manager "
                        f"or tcp_proxy) is supported, got {len(fc.filters)}")
@@ -156,7 +175,7 @@ class Translator(RouteTranslator, ClusterTranslator):
             self.error(fpath, f"network filter {f.name!r} "
                        f"({f.typed_config.type_url or 'no typed_config'}) is not supported")
             return None
-        return model.FilterChain(fc.name, nf) if nf else None
+        return model.FilterChain(fc.name, nf, match) if nf else None
 
     def tcp_proxy(self, tp: Message, path: str) -> model.TcpProxy | None:
         self.only(tp, path, ("stat_prefix", "cluster", "weighted_clusters", "idle_timeout"))
@@ -178,10 +197,10 @@ class Translator(RouteTranslator, ClusterTranslator):
             "preserve_external_request_id", "server_name", "server_header_transformation",
             "max_request_headers_kb", "stream_idle_timeout", "request_timeout",
             "request_headers_timeout", "drain_timeout", "common_http_protocol_options",
-            "http_protocol_options", "access_log"))
-        codec = {0: "AUTO", 1: "HTTP1"}.get(hcm.codec_type)
+            "http_protocol_options", "access_log", "http2_protocol_options"))
+        codec = {0: "AUTO", 1: "HTTP1", 2: "HTTP2"}.get(hcm.codec_type)
         if codec is None:
-            self.error(f"{path}.codec_type", "only AUTO and HTTP1 are supported yet")
+            self.error(f"{path}.codec_type", "only AUTO, HTTP1 and HTTP2 are supported yet")
             codec = "AUTO"
         if not hcm.stat_prefix:
             self.error(f"{path}.stat_prefix", "value length must be at least 1 characters")
@@ -205,6 +224,7 @@ class Translator(RouteTranslator, ClusterTranslator):
                   ("idle_timeout", "max_headers_count", "max_requests_per_connection"))
         h1 = hcm.http_protocol_options
         self.only(h1, f"{path}.http_protocol_options", ("accept_http_10", "default_host_for_http_10"))
+        http2 = self.http2_options(hcm.http2_protocol_options, f"{path}.http2_protocol_options")
         kb = wrapped(hcm, "max_request_headers_kb", 60)
         if not 0 < kb <= 8192:
             self.error(f"{path}.max_request_headers_kb", "value must be in (0, 8192]")
@@ -233,7 +253,8 @@ class Translator(RouteTranslator, ClusterTranslator):
             drain_timeout=seconds(hcm.drain_timeout) if hcm.HasField("drain_timeout") else 5.0,
             max_requests_per_connection=wrapped(common, "max_requests_per_connection", 0),
             suppress_envoy_headers=suppress,
-            access_logs=tuple(each(hcm.access_log, f"{path}.access_log", self.access_log)))
+            access_logs=tuple(each(hcm.access_log, f"{path}.access_log", self.access_log)),
+            http2=http2)
 
     def access_log(self, entry: Message, path: str) -> model.AccessLog | None:
         """envoy.access_loggers.file / stdout / stderr with Envoy's text formats."""
@@ -313,9 +334,12 @@ class Translator(RouteTranslator, ClusterTranslator):
     def validate_route_clusters(self, listeners: Any, cluster_names: set[str]) -> None:
         """Envoy's validate_clusters (default true for inline route tables)."""
         for li, lst in enumerate(listeners):
-            for ci, fc in enumerate(lst.filter_chains):
+            chains = [(f"filter_chains[{ci}]", fc) for ci, fc in enumerate(lst.filter_chains)]
+            if lst.HasField("default_filter_chain"):
+                chains.append(("default_filter_chain", lst.default_filter_chain))
+            for cpath, fc in chains:
                 for fi, f in enumerate(fc.filters):
-                    path = f"static_resources.listeners[{li}].filter_chains[{ci}].filters[{fi}]"
+                    path = f"static_resources.listeners[{li}].{cpath}.filters[{fi}]"
                     if f.typed_config.type_url == TCP_PROXY_TYPE:
                         tp = self.unpack(f.typed_config, path)
                         names = [tp.cluster] if tp and tp.cluster else []

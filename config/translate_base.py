@@ -44,6 +44,11 @@ def wrapped(msg: Message, field: str, default: Any) -> Any:
     return getattr(msg, field).value if msg.HasField(field) else default
 
 
+# HeaderValueOption.HeaderAppendAction
+APPEND_ACTIONS = {0: "APPEND_IF_EXISTS_OR_ADD", 1: "ADD_IF_ABSENT",
+                  2: "OVERWRITE_IF_EXISTS_OR_ADD", 3: "OVERWRITE_IF_EXISTS"}
+
+
 class TranslatorBase:
     """Collects errors while walking the config; ``errors`` holds them all."""
 
@@ -76,6 +81,22 @@ class TranslatorBase:
             self.error(path, f"cannot unpack {any_msg.type_url}")
             return None
         return message
+
+    def header_value_option(self, hv: Message, path: str) -> model.HeaderValueOption:
+        """One HeaderValueOption (a *_headers_to_add entry): plain values, no %...% formatters
+        yet.  Whether the key may be set at all is the caller's check."""
+        self.only(hv, path, ("header", "append", "append_action", "keep_empty_value"))
+        self.only(hv.header, f"{path}.header", ("key", "value", "raw_value"))
+        key = hv.header.key.lower()
+        if not key:
+            self.error(f"{path}.header.key", "value length must be at least 1 characters")
+        action = APPEND_ACTIONS.get(hv.append_action, "APPEND_IF_EXISTS_OR_ADD")
+        if hv.HasField("append"):   # deprecated BoolValue: false means overwrite
+            action = "APPEND_IF_EXISTS_OR_ADD" if hv.append.value else "OVERWRITE_IF_EXISTS_OR_ADD"
+        value = hv.header.value or hv.header.raw_value.decode("latin-1")
+        if "%" in value:
+            self.error(f"{path}.header.value", "header formatters (%...%) are not supported yet")
+        return model.HeaderValueOption(key, value, action, hv.keep_empty_value)
 
     def data_source(self, ds: Message, path: str) -> bytes | None:
         self.only(ds, path, ("filename", "inline_bytes", "inline_string"))

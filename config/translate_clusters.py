@@ -9,6 +9,10 @@ from google.protobuf.message import Message
 
 from config import model
 from config.translate_base import TranslatorBase, optional_timeout, seconds, wrapped
+from config.translate_hash import endpoint_hash_key, hash_lb_config
+from config.translate_health_checks import health_checks
+from config.translate_original_dst import original_dst_fields
+from config.translate_outlier import outlier_detection
 
 HTTP_PROTOCOL_OPTIONS_TYPE = "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
 HTTP_PROTOCOL_OPTIONS_KEY = "envoy.extensions.upstreams.http.v3.HttpProtocolOptions"
@@ -21,12 +25,15 @@ class ClusterTranslator(TranslatorBase):
                             "per_connection_buffer_limit_bytes", "common_http_protocol_options",
                             "typed_extension_protocol_options", "max_requests_per_connection",
                             "least_request_lb_config", "metadata", "alt_stat_name",
-                            "common_lb_config", "eds_cluster_config", "circuit_breakers"))
+                            "common_lb_config", "eds_cluster_config", "circuit_breakers",
+                            "outlier_detection", "health_checks", "ring_hash_lb_config",
+                            "maglev_lb_config", "original_dst_lb_config", "cleanup_interval",
+                            "upstream_bind_config"))
         if not c.name:
             self.error(f"{path}.name", "value length must be at least 1 characters")
-        ctype = {0: "STATIC", 1: "STRICT_DNS", 3: "EDS"}.get(c.type)
+        ctype = {0: "STATIC", 1: "STRICT_DNS", 3: "EDS", 4: "ORIGINAL_DST"}.get(c.type)
         if c.WhichOneof("cluster_discovery_type") == "cluster_type" or ctype is None:
-            self.error(f"{path}.type", "only STATIC, STRICT_DNS and EDS clusters are supported yet")
+            self.error(f"{path}.type", "only STATIC, STRICT_DNS, EDS and ORIGINAL_DST clusters are supported yet")
             return None
         eds_service_name = ""
         eds_source = None
@@ -37,26 +44,39 @@ class ClusterTranslator(TranslatorBase):
             eds_service_name = eds.service_name or c.name
         elif c.HasField("eds_cluster_config"):
             self.error(f"{path}.eds_cluster_config", "only EDS clusters take eds_cluster_config")
-        lb = {0: "ROUND_ROBIN", 1: "LEAST_REQUEST", 3: "RANDOM"}.get(c.lb_policy)
+        lb = {0: "ROUND_ROBIN", 1: "LEAST_REQUEST", 2: "RING_HASH", 3: "RANDOM",
+              5: "MAGLEV", 6: "CLUSTER_PROVIDED"}.get(c.lb_policy)
         if lb is None:
-            self.error(f"{path}.lb_policy", "only ROUND_ROBIN, LEAST_REQUEST and RANDOM are "
-                       "supported yet")
+            self.error(f"{path}.lb_policy", "only ROUND_ROBIN, LEAST_REQUEST, RANDOM, RING_HASH "
+                       "and MAGLEV are supported yet")
             lb = "ROUND_ROBIN"
+        hashing = hash_lb_config(self, c, path, lb)
         choice_count = 2
         if c.HasField("least_request_lb_config"):
             lrc = c.least_request_lb_config
             self.only(lrc, f"{path}.least_request_lb_config", ("choice_count",))
             choice_count = wrapped(lrc, "choice_count", 2)
         panic = 50.0
+        locality_weighted = False
         if c.HasField("common_lb_config"):
             clc = c.common_lb_config
-            self.only(clc, f"{path}.common_lb_config", ("healthy_panic_threshold",))
+            self.only(clc, f"{path}.common_lb_config", ("healthy_panic_threshold",
+                                                         "locality_weighted_lb_config",
+                                                         "consistent_hashing_lb_config"))
             if clc.HasField("healthy_panic_threshold"):
                 panic = clc.healthy_panic_threshold.value
                 if not 0 <= panic <= 100:
                     self.error(f"{path}.common_lb_config.healthy_panic_threshold",
                                "value must be inside range [0, 100]")
+            if clc.HasField("locality_weighted_lb_config"):
+                locality_weighted = True
+                if lb not in ("ROUND_ROBIN", "LEAST_REQUEST", "RANDOM"):
+                    # Envoy folds locality weights into the ring's host weights; not done yet.
+                    self.error(f"{path}.common_lb_config.locality_weighted_lb_config",
+                               f"not supported with lb_policy {lb} yet (see docs/compatibility.md)")
         breakers = self.circuit_breakers(c, path)
+        outlier = (outlier_detection(self, c.outlier_detection, f"{path}.outlier_detection")
+                   if c.HasField("outlier_detection") else None)
         idle, max_requests, http2 = self.upstream_http_options(c, path)
         endpoints = self.load_assignment(c.load_assignment, f"{path}.load_assignment", ctype)
         family = {0: "AUTO", 1: "V4_ONLY", 2: "V6_ONLY", 3: "V4_PREFERRED", 4: "ALL"}[
@@ -71,8 +91,10 @@ class ClusterTranslator(TranslatorBase):
             dns_refresh_rate=(seconds(c.dns_refresh_rate)
                               if c.HasField("dns_refresh_rate") else 5.0),
             dns_lookup_family=family, healthy_panic_threshold=panic,
-            eds_service_name=eds_service_name, eds_config_source=eds_source, http2=http2,
-            **breakers)
+            locality_weighted_lb=locality_weighted,
+            eds_service_name=eds_service_name, eds_config_source=eds_source, http2=http2 is not None, http2_options=http2,
+            outlier_detection=outlier, health_check=health_checks(self, c, path), **breakers,
+            **hashing, **original_dst_fields(self, c, path, ctype, lb))
 
     def circuit_breakers(self, c: Message, path: str) -> dict[str, Any]:
         """circuit_breakers.thresholds of priority DEFAULT as Cluster fields (HIGH is accepted
@@ -111,10 +133,11 @@ class ClusterTranslator(TranslatorBase):
                 out["retry_budget_min_concurrency"] = wrapped(budget, "min_retry_concurrency", 3)
         return out
 
-    def upstream_http_options(self, c: Message, path: str) -> tuple[float | None, int, bool]:
+    def upstream_http_options(self, c: Message, path: str
+                              ) -> tuple[float | None, int, model.UpstreamHttp2 | None]:
         """Idle timeout, max requests per pooled connection (from either place Envoy reads
-        them) and whether the cluster speaks HTTP/2."""
-        http2 = False
+        them) and, when the cluster speaks HTTP/2, its HTTP/2 settings."""
+        http2: model.UpstreamHttp2 | None = None
         common = c.common_http_protocol_options
         common_path = f"{path}.common_http_protocol_options"
         for key, any_msg in c.typed_extension_protocol_options.items():
@@ -129,11 +152,8 @@ class ClusterTranslator(TranslatorBase):
             if opts.HasField("explicit_http_config"):
                 which = opts.explicit_http_config.WhichOneof("protocol_config")
                 if which == "http2_protocol_options":
-                    # The xDS cluster says this; sidecar reaches it with grpcio, and does
-                    # not proxy HTTP to it (HTTP/2 upstreams come with issue 5).
-                    http2 = True
-                    self.only(opts.explicit_http_config.http2_protocol_options,
-                              f"{p}.explicit_http_config.http2_protocol_options", ())
+                    http2 = self.upstream_http2(opts.explicit_http_config.http2_protocol_options,
+                                                f"{p}.explicit_http_config.http2_protocol_options")
                 elif which != "http_protocol_options":
                     self.error(f"{p}.explicit_http_config", "only HTTP/1.1 and (for gRPC "
                                "services) HTTP/2 upstreams are supported yet")
@@ -147,17 +167,49 @@ class ClusterTranslator(TranslatorBase):
                                wrapped(c, "max_requests_per_connection", 0))
         return optional_timeout(common, "idle_timeout", 3600.0), max_requests, http2
 
+    def upstream_http2(self, o: Message, path: str) -> model.UpstreamHttp2:
+        """An upstream Http2ProtocolOptions (Envoy's defaults when unset)."""
+        self.only(o, path, ("max_concurrent_streams", "initial_stream_window_size",
+                            "initial_connection_window_size", "connection_keepalive"))
+        windows = {}
+        for name in ("initial_stream_window_size", "initial_connection_window_size"):
+            value = wrapped(o, name, 268435456)
+            if not 65535 <= value <= 2147483647:
+                self.error(f"{path}.{name}", "value must be inside range [65535, 2147483647]")
+            windows[name] = value
+        keepalive = None
+        if o.HasField("connection_keepalive"):
+            k, kp = o.connection_keepalive, f"{path}.connection_keepalive"
+            self.only(k, kp, ("interval", "timeout"))
+            if not k.HasField("timeout"):
+                self.error(f"{kp}.timeout", "value is required")
+            interval = seconds(k.interval) if k.HasField("interval") else 0.0
+            # Without an interval Envoy only pings when it sees the connection idle; a
+            # timeout alone is accepted here and no PING is sent.
+            keepalive = (interval, seconds(k.timeout)) if interval > 0 else None
+        return model.UpstreamHttp2(
+            max_concurrent_streams=wrapped(o, "max_concurrent_streams", 2147483647),
+            initial_stream_window_size=windows["initial_stream_window_size"],
+            initial_connection_window_size=windows["initial_connection_window_size"],
+            keepalive=keepalive)
+
     def load_assignment(self, la: Message, path: str, ctype: str) -> tuple[model.Endpoint, ...]:
         """A ClusterLoadAssignment (a cluster's load_assignment, or an EDS resource)."""
-        self.only(la, path, ("cluster_name", "endpoints"))
+        self.only(la, path, ("cluster_name", "endpoints", "policy"))
+        policy = self.assignment_policy(la, path)
+        weights = self.locality_weights(la, path)
         out: list[model.Endpoint] = []
         for i, lle in enumerate(la.endpoints):
             lp = f"{path}.endpoints[{i}]"
             self.only(lle, lp, ("locality", "lb_endpoints", "load_balancing_weight", "priority"))
+            loc = model.Locality(lle.locality.region, lle.locality.zone, lle.locality.sub_zone)
+            loc_weight = weights.get((lle.priority, loc), 0)
             for j, lbe in enumerate(lle.lb_endpoints):
                 ep = f"{lp}.lb_endpoints[{j}]"
                 self.only(lbe, ep, ("endpoint", "health_status", "load_balancing_weight", "metadata"))
                 self.only(lbe.endpoint, f"{ep}.endpoint", ("address", "hostname", "health_check_config"))
+                # Per-endpoint health check overrides (port_value, hostname, ...): not yet.
+                self.only(lbe.endpoint.health_check_config, f"{ep}.endpoint.health_check_config", ())
                 address = self.socket_address(lbe.endpoint.address, f"{ep}.endpoint.address")
                 if address is None:
                     continue
@@ -167,7 +219,8 @@ class ClusterTranslator(TranslatorBase):
                 status = {0: "UNKNOWN", 1: "HEALTHY", 2: "UNHEALTHY", 3: "DRAINING",
                           4: "TIMEOUT", 5: "DEGRADED"}[lbe.health_status]
                 out.append(model.Endpoint(address, weight, status, lbe.endpoint.hostname,
-                                          lle.priority))
+                                          lle.priority, loc, loc_weight, policy,
+                                          endpoint_hash_key(lbe)))
         if ctype == "STRICT_DNS":
             return tuple(out)
         for e in out:
@@ -175,6 +228,33 @@ class ClusterTranslator(TranslatorBase):
                 self.error(path, f"{ctype} cluster endpoint {e.address.address!r} is not an IP "
                            "address (use STRICT_DNS)")
         return tuple(out)
+
+    def assignment_policy(self, la: Message, path: str) -> model.AssignmentPolicy:
+        """ClusterLoadAssignment.policy (drop_overloads and endpoint_stale_after: rejected)."""
+        if not la.HasField("policy"):
+            return model.DEFAULT_ASSIGNMENT_POLICY
+        p = la.policy
+        self.only(p, f"{path}.policy", ("overprovisioning_factor", "weighted_priority_health"))
+        factor = wrapped(p, "overprovisioning_factor", 140)
+        if factor <= 0:
+            self.error(f"{path}.policy.overprovisioning_factor", "value must be greater than 0")
+        return model.AssignmentPolicy(factor, p.weighted_priority_health)
+
+    def locality_weights(self, la: Message, path: str) -> dict[tuple[int, model.Locality], int]:
+        """Each (priority, locality)'s load_balancing_weight, as Envoy's PriorityStateManager
+        keeps them: only a LocalityLbEndpoints with both a locality and a weight sets one, and
+        a later one of the same locality and priority replaces it."""
+        weights: dict[tuple[int, model.Locality], int] = {}
+        for i, lle in enumerate(la.endpoints):
+            lp = f"{path}.endpoints[{i}]"
+            if lle.priority > 128:
+                self.error(f"{lp}.priority", "value must be less than or equal to 128")
+            if lle.HasField("load_balancing_weight") and lle.load_balancing_weight.value < 1:
+                self.error(f"{lp}.load_balancing_weight", "value must be greater than or equal to 1")
+            if lle.HasField("locality") and lle.HasField("load_balancing_weight"):
+                loc = model.Locality(lle.locality.region, lle.locality.zone, lle.locality.sub_zone)
+                weights[(lle.priority, loc)] = lle.load_balancing_weight.value
+        return weights
 
 
 

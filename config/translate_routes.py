@@ -11,6 +11,7 @@ from config import model
 from config.errors import ConfigError
 from config.matchers import StringMatcher, compile_regex
 from config.translate_base import TranslatorBase, each, optional_timeout, seconds, wrapped
+from config.translate_hash import hash_policies
 
 REDIRECT_CODES = {0: 301, 1: 302, 2: 303, 3: 307, 4: 308}
 # retry_on conditions of Envoy 1.40's router (x-envoy-retry-on / x-envoy-retry-grpc-on tokens).
@@ -183,7 +184,7 @@ class RouteTranslator(TranslatorBase):
         self.only(a, path, ("cluster", "cluster_header", "weighted_clusters",
                             "cluster_not_found_response_code", "prefix_rewrite", "regex_rewrite",
                             "host_rewrite_literal", "auto_host_rewrite", "timeout", "retry_policy",
-                            "request_mirror_policies"))
+                            "request_mirror_policies", "max_stream_duration", "hash_policy"))
         spec = a.WhichOneof("cluster_specifier")
         if spec not in ("cluster", "cluster_header", "weighted_clusters"):
             self.error(path, "one of cluster, cluster_header or weighted_clusters is required")
@@ -225,8 +226,26 @@ class RouteTranslator(TranslatorBase):
             timeout=optional_timeout(a, "timeout", 15.0),
             retry_policy=(self.retry_policy(a.retry_policy, f"{path}.retry_policy")
                           if a.HasField("retry_policy") else None),
+            hash_policy=hash_policies(self, a, path),
             mirror_policies=tuple(self.mirror_policy(m, f"{path}.request_mirror_policies[{i}]")
-                                  for i, m in enumerate(a.request_mirror_policies)))
+                                  for i, m in enumerate(a.request_mirror_policies)),
+            **self.max_stream_duration(a, path))
+
+    def max_stream_duration(self, a: Message, path: str) -> dict[str, Any]:
+        """RouteAction.max_stream_duration as RouteAction fields."""
+        if not a.HasField("max_stream_duration"):
+            return {}
+        m, mp = a.max_stream_duration, f"{path}.max_stream_duration"
+        self.only(m, mp, ("max_stream_duration", "grpc_timeout_header_max",
+                          "grpc_timeout_header_offset"))
+        out: dict[str, Any] = {}
+        if m.HasField("max_stream_duration") and seconds(m.max_stream_duration) > 0:
+            out["max_stream_duration"] = seconds(m.max_stream_duration)
+        if m.HasField("grpc_timeout_header_max"):
+            out["grpc_timeout_header_max"] = seconds(m.grpc_timeout_header_max)
+        if m.HasField("grpc_timeout_header_offset"):
+            out["grpc_timeout_header_offset"] = seconds(m.grpc_timeout_header_offset)
+        return out
 
     def mirror_policy(self, m: Message, path: str) -> model.MirrorPolicy:
         self.only(m, path, ("cluster", "cluster_header", "runtime_fraction", "trace_sampled",
@@ -342,21 +361,10 @@ class RouteTranslator(TranslatorBase):
         adds = []
         for i, hv in enumerate(getattr(msg, add_field)):
             p = f"{path}.{add_field}[{i}]"
-            self.only(hv, p, ("header", "append", "append_action", "keep_empty_value"))
-            self.only(hv.header, f"{p}.header", ("key", "value", "raw_value"))
-            key = hv.header.key.lower()
-            if not key:
-                self.error(f"{p}.header.key", "value length must be at least 1 characters")
-            if key.startswith(":") or key == "host":
-                self.error(f"{p}.header.key", f"{key} may not be modified")
-            action = {0: "APPEND_IF_EXISTS_OR_ADD", 1: "ADD_IF_ABSENT",
-                      2: "OVERWRITE_IF_EXISTS_OR_ADD", 3: "OVERWRITE_IF_EXISTS"}[hv.append_action]
-            if hv.HasField("append"):   # deprecated BoolValue: false means overwrite
-                action = "APPEND_IF_EXISTS_OR_ADD" if hv.append.value else "OVERWRITE_IF_EXISTS_OR_ADD"
-            value = hv.header.value or hv.header.raw_value.decode("latin-1")
-            if "%" in value:
-                self.error(f"{p}.header.value", "header formatters (%...%) are not supported yet")
-            adds.append(model.HeaderValueOption(key, value, action, hv.keep_empty_value))
+            option = self.header_value_option(hv, p)
+            if option.name.startswith(":") or option.name == "host":
+                self.error(f"{p}.header.key", f"{option.name} may not be modified")
+            adds.append(option)
         removes = tuple(h.lower() for h in getattr(msg, remove_field))
         return model.HeaderMutations(tuple(adds), removes) if adds or removes else None
 

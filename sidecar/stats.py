@@ -76,11 +76,14 @@ class HttpStats(Scope):
     COUNTERS = ("downstream_cx_total", "downstream_cx_http1_total", "downstream_cx_destroy",
                 "downstream_cx_protocol_error", "downstream_cx_idle_timeout",
                 "downstream_rq_total", "downstream_rq_http1_total",
+                "downstream_cx_http2_total", "downstream_rq_http2_total",
+                "downstream_rq_too_many_premature_resets",
                 "downstream_rq_rx_reset", "downstream_rq_tx_reset", "downstream_rq_timeout",
                 "downstream_rq_non_relative_path", "downstream_rq_too_large",
                 "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total",
                 "no_route", "no_cluster", "rq_direct_response", "rq_redirect")
-    GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_rq_active")
+    GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_rq_active",
+              "downstream_cx_http2_active")
     __slots__ = COUNTERS + GAUGES + ("filters",)
     PROM_PREFIX = "envoy_http_"
     DOTTED_PREFIX = "http."
@@ -104,6 +107,24 @@ class HttpStats(Scope):
         if scope is None:
             scope = self.filters[kind] = kind(self.name)
         return scope  # type: ignore[return-value]
+
+
+class Http2Stats(Scope):
+    """http2.*: the HTTP/2 codec stats of all downstream connections, at the root as Envoy's
+    (made on the first HTTP/2 connection)."""
+
+    COUNTERS = ("cookies_total_bytes_too_large", "dropped_headers_with_underscores", "goaway_sent",
+                "header_list_size_too_large", "header_overflow", "headers_cb_no_stream",
+                "inbound_empty_frames_flood", "inbound_priority_frames_flood",
+                "inbound_window_update_frames_flood", "keepalive_timeout", "metadata_empty_frames",
+                "outbound_control_flood", "outbound_flood",
+                "requests_rejected_with_underscores_in_headers", "rx_messaging_error", "rx_reset",
+                "stream_refused_errors", "trailers", "tx_flush_timeout", "tx_reset")
+    GAUGES = ("deferred_stream_close", "outbound_control_frames_active", "outbound_frames_active",
+              "pending_send_bytes", "streams_active")
+    __slots__ = COUNTERS + GAUGES
+    PROM_PREFIX = "envoy_http2_"
+    DOTTED_PREFIX = "http2."
 
 
 class FaultStats(Scope):
@@ -184,8 +205,10 @@ class TcpStats(Scope):
 class ListenerStats(Scope):
     """listener.<address>.* of one listener."""
 
-    COUNTERS = ("downstream_cx_total", "downstream_cx_destroy", "downstream_cx_overflow")
-    GAUGES = ("downstream_cx_active",)
+    COUNTERS = ("downstream_cx_total", "downstream_cx_destroy", "downstream_cx_overflow",
+                "downstream_pre_cx_timeout", "downstream_listener_filter_remote_close",
+                "no_filter_chain_match")
+    GAUGES = ("downstream_cx_active", "downstream_pre_cx_active")
     __slots__ = COUNTERS + GAUGES
     PROM_PREFIX = "envoy_listener_"
     DOTTED_PREFIX = "listener."
@@ -207,10 +230,13 @@ class ClusterStats(Scope):
                 "upstream_rq_retry_limit_exceeded", "upstream_rq_retry_backoff_exponential",
                 "upstream_rq_per_try_timeout", "upstream_cx_overflow", "upstream_rq_pending_overflow",
                 "upstream_rq_active_overflow", "upstream_rq_pending_total",
-                "update_attempt", "update_success", "update_failure", "update_rejected")
+                "update_attempt", "update_success", "update_failure", "update_rejected",
+                "lb_healthy_panic")
     GAUGES = ("upstream_cx_active", "upstream_rq_active", "upstream_rq_pending_active",
-              "membership_total", "membership_healthy", "membership_degraded")
-    __slots__ = COUNTERS + GAUGES + ("codes", "circuit_breakers")
+              "membership_total", "membership_healthy", "membership_degraded",
+              "membership_excluded")
+    __slots__ = COUNTERS + GAUGES + ("codes", "circuit_breakers", "outlier_detection",
+                                     "health_check", "hash_lb")
     PROM_PREFIX = "envoy_cluster_"
     DOTTED_PREFIX = "cluster."
     LABEL = "envoy_cluster_name"
@@ -222,6 +248,12 @@ class ClusterStats(Scope):
         self.codes: dict[int, int] = {}     # upstream_rq_<code>
         # cluster.<name>.circuit_breakers.default.*, read from the live cluster at render time
         self.circuit_breakers: CircuitBreakerStats | None = None
+        # cluster.<name>.outlier_detection.*, while the cluster has outlier_detection
+        self.outlier_detection: OutlierDetectionStats | None = None
+        # cluster.<name>.health_check.*, while the cluster has an active health checker
+        self.health_check: HealthCheckStats | None = None
+        # cluster.<name>.ring_hash_lb.* / maglev_lb.* (sidecar/upstream/hash_lb.py)
+        self.hash_lb: Scope | None = None
 
     def count_response(self, status: int) -> None:
         """The response returned for one upstream request (not each retried attempt)."""
@@ -298,6 +330,7 @@ class StatsStore:
         self.listener: dict[str, ListenerStats] = {}
         self.cluster: dict[str, ClusterStats] = {}
         self.server = ServerStats("")
+        self.http2: Http2Stats | None = None      # http2.*, once an HTTP/2 connection came
         # listener_manager.lds, cluster_manager.cds, control_plane: only once xDS is in use,
         # as Envoy only has them then.
         self.xds: dict[str, Scope] = {}
@@ -307,6 +340,11 @@ class StatsStore:
         if scope is None:
             scope = self.http[prefix] = HttpStats(prefix)
         return scope
+
+    def http2_scope(self) -> Http2Stats:
+        if self.http2 is None:
+            self.http2 = Http2Stats("")
+        return self.http2
 
     def tcp_scope(self, prefix: str) -> TcpStats:
         scope = self.tcp.get(prefix)
@@ -334,12 +372,20 @@ class StatsStore:
 
     def scopes(self) -> Iterator[Scope]:
         yield self.server
+        if self.http2 is not None:
+            yield self.http2
         yield from list(self.xds.values())
         for group in (self.cluster, self.http, self.listener, self.tcp):
             for scope in list(group.values()):
                 yield scope
                 if isinstance(scope, ClusterStats) and scope.circuit_breakers is not None:
                     yield scope.circuit_breakers
+                if isinstance(scope, ClusterStats) and scope.outlier_detection is not None:
+                    yield scope.outlier_detection
+                if isinstance(scope, ClusterStats) and scope.health_check is not None:
+                    yield scope.health_check
+                if isinstance(scope, ClusterStats) and scope.hash_lb is not None:
+                    yield scope.hash_lb
                 if isinstance(scope, HttpStats):
                     yield from list(scope.filters.values())
 
@@ -394,3 +440,44 @@ class StatsStore:
 
 def _escape(value: str) -> str:
     return value.replace("\\", "\\\\").replace('"', '\\"').replace("\n", "\\n")
+
+
+class OutlierDetectionStats(Scope):
+    """cluster.<name>.outlier_detection.*: the cluster's outlier detector (only for clusters
+    with outlier_detection, as Envoy).  Kept on the ClusterStats, so the counters carry on
+    across CDS updates of the cluster; ejections_active is the detector's own count."""
+
+    COUNTERS = ("ejections_consecutive_5xx", "ejections_detected_consecutive_5xx",
+                "ejections_detected_consecutive_gateway_failure",
+                "ejections_detected_consecutive_local_origin_failure",
+                "ejections_detected_degradation", "ejections_detected_failure_percentage",
+                "ejections_detected_local_origin_failure_percentage",
+                "ejections_detected_local_origin_success_rate", "ejections_detected_success_rate",
+                "ejections_enforced_consecutive_5xx",
+                "ejections_enforced_consecutive_gateway_failure",
+                "ejections_enforced_consecutive_local_origin_failure",
+                "ejections_enforced_failure_percentage",
+                "ejections_enforced_local_origin_failure_percentage",
+                "ejections_enforced_local_origin_success_rate", "ejections_enforced_success_rate",
+                "ejections_enforced_total", "ejections_overflow", "ejections_success_rate",
+                "ejections_total")
+    GAUGES = ("ejections_active",)
+    __slots__ = COUNTERS + GAUGES
+    PROM_PREFIX = "envoy_cluster_outlier_detection_"
+    DOTTED_PREFIX = "cluster."
+    DOTTED_SUFFIX = "outlier_detection."
+    LABEL = "envoy_cluster_name"
+
+
+class HealthCheckStats(Scope):
+    """cluster.<name>.health_check.*: the cluster's active health checker (Envoy's
+    ALL_HEALTH_CHECKER_STATS); present only on clusters with health_checks, as in Envoy."""
+
+    COUNTERS = ("attempt", "success", "failure", "passive_failure", "network_failure",
+                "verify_cluster")
+    GAUGES = ("healthy", "degraded")
+    __slots__ = COUNTERS + GAUGES
+    PROM_PREFIX = "envoy_cluster_health_check_"
+    DOTTED_PREFIX = "cluster."
+    DOTTED_SUFFIX = "health_check."
+    LABEL = "envoy_cluster_name"

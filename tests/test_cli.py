@@ -35,14 +35,14 @@ def test_validate_ok(tmp_path):
 
 def test_validate_lists_every_error_with_its_path(tmp_path):
     config = good_config()
-    config["static_resources"]["clusters"][0]["lb_policy"] = "MAGLEV"
-    config["static_resources"]["clusters"][0]["outlier_detection"] = {}
+    config["static_resources"]["clusters"][0]["lb_policy"] = "CLUSTER_PROVIDED"
+    config["static_resources"]["clusters"][0]["upstream_connection_options"] = {"tcp_keepalive": {}}
     r = run("--mode", "validate", "-c", write_config(tmp_path, config))
     assert r.returncode == 1
     lines = r.stderr.strip().splitlines()
     assert len(lines) == 2
     assert any("static_resources.clusters[0].lb_policy" in line for line in lines)
-    assert any("static_resources.clusters[0].outlier_detection" in line for line in lines)
+    assert any("static_resources.clusters[0].upstream_connection_options" in line for line in lines)
 
 
 def test_validate_unknown_field(tmp_path):

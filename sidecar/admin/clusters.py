@@ -12,7 +12,8 @@ from __future__ import annotations
 import json
 from typing import Any
 
-from sidecar.upstream.host import DEGRADED_ACTIVE_HC, FAILED_ACTIVE_HC, FAILED_OUTLIER_CHECK
+from sidecar.upstream.host import (ACTIVE_HC_TIMEOUT, DEGRADED_ACTIVE_HC, EXCLUDED_VIA_IMMEDIATE_HC_FAIL,
+                                   FAILED_ACTIVE_HC, FAILED_OUTLIER_CHECK)
 
 # Envoy's defaults: sidecar keeps the HIGH priority thresholds only as these (every
 # request is DEFAULT priority).
@@ -53,6 +54,10 @@ def health_flags(host: Any) -> str:
         flags.append("/degraded_active_hc")
     if status == "DEGRADED":
         flags.append("/degraded_eds_health")
+    if failed & EXCLUDED_VIA_IMMEDIATE_HC_FAIL:
+        flags.append("/excluded_via_immediate_hc_fail")
+    if failed & ACTIVE_HC_TIMEOUT:
+        flags.append("/active_hc_timeout")
     if status == "DRAINING":
         flags.append("/eds_status_draining")
     return "".join(flags) or "healthy"
@@ -82,6 +87,13 @@ def cluster_text(cluster: Any) -> list[str]:
     name = cluster.name
     c = cluster.config
     out = [f"{name}::observability_name::{name}\n"]
+    outlier = getattr(cluster, "outlier", None)
+    if outlier is not None:
+        # The last success-rate pass's (average, ejection threshold), -1 when none ran.
+        for kind, (average, threshold) in (("", outlier.success_rate_stats),
+                                           ("local_origin_", outlier.local_origin_success_rate_stats)):
+            out.append(f"{name}::outlier::{kind}success_rate_average::{_rate(average)}\n")
+            out.append(f"{name}::outlier::{kind}success_rate_ejection_threshold::{_rate(threshold)}\n")
     for key in ("max_connections", "max_pending_requests", "max_requests", "max_retries"):
         out.append(f"{name}::default_priority::{key}::{getattr(c, key)}\n")
     for key, value in HIGH_PRIORITY:
@@ -122,6 +134,10 @@ def host_json(host: Any) -> dict[str, Any]:
         health["failed_outlier_check"] = True
     if host.failed & DEGRADED_ACTIVE_HC:
         health["failed_active_degraded_check"] = True
+    if host.failed & EXCLUDED_VIA_IMMEDIATE_HC_FAIL:
+        health["excluded_via_immediate_hc_fail"] = True
+    if host.failed & ACTIVE_HC_TIMEOUT:
+        health["active_hc_timeout"] = True
     out: dict[str, Any] = {
         "address": {"socket_address": {"address": host.address, "port_value": host.port}},
         "stats": stat_list, "health_status": health, "weight": host.weight}

@@ -16,17 +16,16 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from filters.http.router.headers import apply_mutations
 from sidecar.codec.events import Body, EndOfMessage, ParseError, RequestHead
 from sidecar.codec.http1 import (LAST_CHUNK, MISSING_HOST, REASONS, encode_chunk, encode_last_chunk,
                                  serialize_response_head)
 from sidecar.http import local_reply
 from sidecar.flow_control import WriteFlowControl
-from sidecar.http.access_log import render
 from sidecar.http.dates import http_date
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyReset, BodyStream, Request, Response, StreamInfo
 from sidecar.http.request_headers import forwarded_headers
+from sidecar.http.responding import add_date_server, local_response, log_access
 from sidecar.timers import LazyDeadline
 
 if TYPE_CHECKING:
@@ -293,42 +292,16 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
             self._log(request, 0, [])     # Envoy logs code 0 for a request it never answered
 
     def _log(self, request: Request, status: int, headers: list[tuple[str, str]]) -> None:
-        info = request.info
-        body = request.body
-        info.bytes_received = body.received if isinstance(body, BodyStream) else 0
-        duration = self.ctx.loop.time() - info.start_time
-        for log_file, tokens in self.ctx.access_logs:
-            log_file.write(render(tokens, request, status, headers, duration))
+        log_access(self.ctx, request, status, headers)
 
     def _local_response(self, request: Request, reply: LocalReply) -> Response:
-        if reply.flag:
-            request.info.set_flag(reply.flag)
-        request.info.response_code_details = reply.details
-        response = local_reply.build_response(reply, request.method == "HEAD")
-        entry = request.route
-        if entry is not None:
-            # Once a route is chosen, Envoy adds its response headers to local replies
-            # too (a 503 from the router, a fault filter's abort).
-            for mutations in entry.response_mutations:
-                response.headers = apply_mutations(response.headers, mutations)
-        return response
+        return local_response(request, reply)
 
     def _frame(self, request: Request, response: Response) -> bool:
         """Add the server and framing headers; False when the connection must close after."""
         cfg = self.ctx.config
         headers = response.headers
-        # Envoy dates every response the upstream (or a direct response) left undated.
-        for header in headers:
-            if header[0] == "date":
-                break
-        else:
-            headers.append(("date", http_date()))
-        if cfg.server_header_transformation == "OVERWRITE":
-            # The router already dropped the upstream's Server header.
-            headers.append(("server", cfg.server_name))
-        elif cfg.server_header_transformation == "APPEND_IF_ABSENT":
-            if not any(h[0] == "server" for h in headers):
-                headers.append(("server", cfg.server_name))
+        add_date_server(headers, cfg)
         keep_open = (request.keep_alive and response.keep_alive and not self.ctx.draining
                      and (request.body is None or request.body.complete))
         if cfg.max_requests_per_connection and self.requests + 1 >= cfg.max_requests_per_connection:

@@ -17,16 +17,20 @@ from filters.api import FilterContext, Handler
 from filters.registry import http_filter_factory
 from sidecar.http.access_log import AccessLogs
 from sidecar.http.route_table import RouteTable
-from sidecar.stats import HttpStats
+from sidecar.stats import Http2Stats, HttpStats
 
 
 class HcmContext:
     def __init__(self, config: model.HttpConnectionManager, cluster_manager: Any,
                  stats: HttpStats, request_parser: type, buffer_limit: int,
                  access_logs: AccessLogs | None = None,
-                 route_config: model.RouteConfig | None = None) -> None:
+                 route_config: model.RouteConfig | None = None,
+                 http2_scope: Callable[[], Http2Stats] | None = None) -> None:
         self.config = config
         self.stats = stats
+        # Gives http2.* (shared by every HTTP/2 connection), asked on the first HTTP/2
+        # connection: Envoy has those stats only once it made an HTTP/2 codec.
+        self.http2_scope: Callable[[], Http2Stats] = http2_scope or _private_http2_scope
         self.loop = asyncio.get_running_loop()
         # Inline, or (with rds) the RDS resource; replaced in place on each RDS
         # update, so new requests see new routes at once.
@@ -52,6 +56,13 @@ class HcmContext:
         self.draining = True
         for conn in list(self.connections):
             conn.drain()
+
+
+def _private_http2_scope(scope: list[Http2Stats] = []) -> Http2Stats:
+    """For contexts made without a stats store (unit tests): one scope of their own."""
+    if not scope:
+        scope.append(Http2Stats(""))
+    return scope[0]
 
 
 def build_chain(config: model.HttpConnectionManager, ctx: FilterContext) -> Handler:

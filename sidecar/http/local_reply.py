@@ -26,6 +26,8 @@ class LocalReply(Exception):
         self.details = details
         self.headers = headers or []
         self.close_connection = close_connection
+        # The grpc-status of this reply to a gRPC request; None: mapped from ``status``.
+        self.grpc_status: int | None = None
 
 
 # Envoy 1.40's bodies, checked against the real binary.
@@ -61,6 +63,13 @@ def connection_termination() -> LocalReply:
                       "upstream_reset_before_response_started{connection_termination}")
 
 
+def remote_reset(refused: bool = False) -> LocalReply:
+    """The upstream reset the HTTP/2 stream (RST_STREAM) before the response head."""
+    reason = "remote refused stream reset" if refused else "remote reset"
+    return LocalReply(503, (_RESET_PREFIX + reason).encode(), "UR",
+                      f"upstream_reset_before_response_started{{{reason.replace(' ', '_')}}}")
+
+
 def upstream_protocol_error() -> LocalReply:
     return LocalReply(502, (_RESET_PREFIX + "protocol error").encode(), "UPE",
                       "upstream_reset_before_response_started{protocol_error}")
@@ -71,6 +80,13 @@ def overflow() -> LocalReply:
     return LocalReply(503, (_RESET_PREFIX + "overflow").encode(), "UO",
                       "upstream_reset_before_response_started{overflow}",
                       [("x-envoy-overloaded", "true")])
+
+
+def duration_timeout() -> LocalReply:
+    """The stream's max_stream_duration (or its grpc-timeout) expired."""
+    reply = LocalReply(408, b"downstream duration timeout", "DT", "max_duration_timeout")
+    reply.grpc_status = 4           # DEADLINE_EXCEEDED, as Envoy answers a gRPC request
+    return reply
 
 
 def upstream_timeout() -> LocalReply:
@@ -85,6 +101,32 @@ def after_retries(reply: LocalReply) -> LocalReply:
         return LocalReply(reply.status, body, reply.flag, reply.details, list(reply.headers),
                           reply.close_connection)
     return reply
+
+
+# Envoy's Grpc::Utility::httpToGrpcStatus (the gRPC HTTP status mapping); others are UNKNOWN.
+HTTP_TO_GRPC = {400: 13, 401: 16, 403: 7, 404: 12, 429: 14, 502: 14, 503: 14, 504: 14}
+
+
+def grpc_status_of(reply: LocalReply) -> int:
+    return reply.grpc_status if reply.grpc_status is not None else HTTP_TO_GRPC.get(reply.status, 2)
+
+
+def build_grpc_response(reply: LocalReply) -> Response:
+    """The local reply to a gRPC request, as Envoy sends it: HTTP 200 without a body, the
+    status in grpc-status (the reply's own, else mapped from the HTTP status) and the body
+    text in grpc-message (percent-encoded where gRPC requires it)."""
+    headers = [*reply.headers, ("content-type", "application/grpc"),
+               ("grpc-status", str(grpc_status_of(reply)))]
+    if reply.body:
+        headers.append(("grpc-message", grpc_message(reply.body)))
+    response = Response(200, headers, b"", content_length=0)
+    response.keep_alive = not reply.close_connection
+    return response
+
+
+def grpc_message(text: bytes) -> str:
+    """gRPC's grpc-message encoding: printable ASCII but '%' as is, every other byte %XX."""
+    return "".join(chr(b) if 0x20 <= b <= 0x7E and b != 0x25 else f"%{b:02X}" for b in text)
 
 
 def build_response(reply: LocalReply, is_head: bool = False) -> Response:

@@ -145,7 +145,7 @@ class RouteEntry:
     or ``model.FILTER_DISABLED``."""
 
     __slots__ = ("route", "vhost", "action", "request_mutations", "response_mutations",
-                 "per_filter_config")
+                 "per_filter_config", "callback_path")
 
     def __init__(self, route: model.Route, vhost: model.VirtualHost, config: model.RouteConfig) -> None:
         self.route = route
@@ -158,6 +158,14 @@ class RouteEntry:
         for level in (config, vhost, route):       # least specific first: later ones win
             per_filter.update(level.typed_per_filter_config)
         self.per_filter_config = per_filter
+        # Whether the router may forward on its callback path (Router.start): a plain route
+        # action, without the features that need its coroutine (retries, mirroring, a
+        # stream duration limit).
+        action = route.action
+        self.callback_path = (type(action) is model.RouteAction and action.retry_policy is None
+                              and not action.mirror_policies
+                              and action.max_stream_duration is None
+                              and action.grpc_timeout_header_max is None)
 
 
 class RouteTable:

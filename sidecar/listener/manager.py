@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import ipaddress
 import logging
 import socket
 from typing import Any
@@ -10,8 +11,10 @@ from typing import Any
 from config import model
 from filters.network.tcp_proxy.proxy import TcpProxyContext, TcpProxyDownstream
 from sidecar.http.access_log import AccessLogs
-from sidecar.http.connection import HttpConnection
+from sidecar.http.codec_select import connection_factory
 from sidecar.http.context import HcmContext
+from sidecar.listener import own_addresses
+from sidecar.listener.accept import AcceptStage, ListenerRuntime
 from sidecar.stats import ListenerStats, StatsStore
 
 log = logging.getLogger(__name__)
@@ -35,13 +38,20 @@ def bind_socket(address: model.SocketAddress) -> socket.socket:
 
 
 class CountingProtocolFactory:
-    """Wraps the per-connection protocol factory with the listener's connection stats."""
+    """Wraps the per-connection protocol factory with the listener's connection stats.
 
-    def __init__(self, make: Any, stats: ListenerStats) -> None:
+    ``count`` is False for listeners with an accept stage (accept.py): that stage counts
+    the connection on the listener that finally takes it.
+    """
+
+    def __init__(self, make: Any, stats: ListenerStats, count: bool = True) -> None:
         self.make = make
         self.stats = stats
+        self.count = count
 
     def __call__(self) -> asyncio.Protocol:
+        if not self.count:
+            return self.make()      # type: ignore[no-any-return]
         stats = self.stats
         stats.downstream_cx_total += 1
         stats.downstream_cx_active += 1
@@ -57,21 +67,40 @@ class CountingProtocolFactory:
         return protocol
 
 
-class ActiveListener:
-    """One bound listener and the network filter context its connections use."""
+Context = HcmContext | TcpProxyContext
 
-    def __init__(self, config: model.Listener, context: HcmContext | TcpProxyContext,
+
+class ActiveListener:
+    """One listener (bound, or virtual with bind_to_port false) and its chains' contexts."""
+
+    def __init__(self, config: model.Listener, context: Context,
                  server: asyncio.AbstractServer | None, sock: socket.socket | None,
-                 factory: CountingProtocolFactory | None = None) -> None:
+                 factory: CountingProtocolFactory | None = None,
+                 contexts: list[Context] | None = None,
+                 runtime: ListenerRuntime | None = None) -> None:
         self.config = config
-        self.context = context
+        self.context = context           # the (first) chain's: RDS updates reach it here
+        self.contexts = contexts or [context]
         self.server = server
         self.socket = sock
         self.factory = factory
+        self.runtime = runtime
+        self.bound: tuple[str, int] | None = None     # registered in own_addresses
 
     @property
     def port(self) -> int:
         return self.socket.getsockname()[1] if self.socket else self.config.address.port
+
+    def close_server(self) -> None:
+        if self.server is not None:
+            self.server.close()
+        if self.bound is not None:
+            own_addresses.remove(*self.bound)
+            self.bound = None
+
+
+def _addr_key(ip: str, port: int) -> tuple[str, int]:
+    return str(ipaddress.ip_address(ip.split("%", 1)[0])), port
 
 
 class ListenerManager:
@@ -83,22 +112,77 @@ class ListenerManager:
         self.listeners: dict[str, ActiveListener] = {}
         self.access_logs = access_logs or AccessLogs()
         # Contexts of replaced or removed listeners whose connections are finishing.
-        self.draining: list[HcmContext | TcpProxyContext] = []
+        self.draining: list[Context] = []
+        # bind_to_port: false listeners by address, for use_original_dst hand-offs.
+        self.virtual: dict[tuple[str, int], ActiveListener] = {}
 
-    def make_context(self, config: model.Listener, route_config: model.RouteConfig | None = None
-                     ) -> HcmContext | TcpProxyContext:
-        nf = config.filter_chain.filter
+    def make_context(self, config: model.Listener, route_config: model.RouteConfig | None = None,
+                     chain: model.FilterChain | None = None) -> Context:
+        nf = (chain or config.filter_chain).filter
         limit = config.per_connection_buffer_limit_bytes
         if isinstance(nf, model.HttpConnectionManager):
             return HcmContext(nf, self.cluster_manager, self.stats.http_scope(nf.stat_prefix),
-                              self.request_parser, limit, self.access_logs, route_config)
+                              self.request_parser, limit, self.access_logs, route_config,
+                              self.stats.http2_scope)
         return TcpProxyContext(nf, self.cluster_manager, self.stats.tcp_scope(nf.stat_prefix), limit)
 
     @staticmethod
-    def connection_maker(context: HcmContext | TcpProxyContext) -> Any:
+    def connection_maker(context: Context) -> Any:
         if isinstance(context, HcmContext):
-            return lambda: HttpConnection(context)
+            return connection_factory(context)     # HTTP/1, HTTP/2 or either (codec_type)
         return lambda: TcpProxyDownstream(context)
+
+    def build(self, config: model.Listener, route_config: model.RouteConfig | None,
+              stats: ListenerStats) -> tuple[Context, list[Context], ListenerRuntime | None, Any]:
+        """The chains' contexts, the accept stage runtime (None: one chain, the fast path)
+        and the maker the listener's protocol factory calls."""
+        context = self.make_context(config, route_config)
+        if not config.needs_accept_stage and config.bind_to_port:
+            return context, [context], None, self.connection_maker(context)
+        # (a bind_to_port: false listener takes connections handed over by use_original_dst)
+        contexts = [context]
+        makers = {id(config.filter_chain): self.connection_maker(context)}
+        others = list(config.filter_chains)
+        if config.default_filter_chain is not None:
+            others.append(config.default_filter_chain)
+        for chain in others:
+            if id(chain) not in makers:
+                ctx = self.make_context(config, route_config, chain)
+                contexts.append(ctx)
+                makers[id(chain)] = self.connection_maker(ctx)
+        runtime = ListenerRuntime(config, stats, makers, self.find_virtual)
+        return context, contexts, runtime, lambda: AcceptStage(runtime)
+
+    def find_virtual(self, ip: str, port: int) -> ListenerRuntime | None:
+        """use_original_dst: the bind_to_port false listener for ip:port, else one on
+        0.0.0.0:port (an IPv4 address) or [::]:port, as Envoy looks them up."""
+        try:
+            key = _addr_key(ip, port)
+        except ValueError:
+            return None
+        active = self.virtual.get(key)
+        if active is None:
+            v4 = "." in key[0]
+            active = self.virtual.get(("0.0.0.0", port)) if v4 else None
+            if active is None:
+                wild = self.virtual.get(("::", port))
+                if wild is not None and (not v4 or wild.config.address.ipv4_compat):
+                    active = wild
+        return active.runtime if active is not None else None
+
+    def _index(self) -> None:
+        self.virtual = {_addr_key(a.config.address.address, a.config.address.port): a
+                        for a in self.listeners.values() if not a.config.bind_to_port
+                        and a.runtime is not None}
+
+    def listener_stats(self, config: model.Listener, bound: tuple[Any, ...] | None) -> ListenerStats:
+        """listener.<stat_prefix or address>.*: Envoy names the address "10.0.0.1_80" and
+        "[__1]_80" (its "[::1]:80" with ':' sanitized to '_')."""
+        if config.stat_prefix:
+            return self.stats.listener_scope(config.stat_prefix)
+        ip, port = (config.address.address, config.address.port) if bound is None else bound[:2]
+        text = f"[{ip}]:{port}" if ":" in ip else f"{ip}:{port}"
+        return self.stats.listener_scope(text.replace(":", "_"))
 
     async def put(self, config: model.Listener, route_config: model.RouteConfig | None = None
                   ) -> ActiveListener:
@@ -112,27 +196,33 @@ class ListenerManager:
         old = self.listeners.get(config.name)
         if old is not None and old.factory is not None and old.config.address == config.address \
                 and config.bind_to_port:
-            context = self.make_context(config, route_config)
-            old.factory.make = self.connection_maker(context)
-            active = ActiveListener(config, context, old.server, old.socket, old.factory)
+            context, contexts, runtime, make = self.build(config, route_config, old.factory.stats)
+            old.factory.make = make
+            old.factory.count = runtime is None
+            active = ActiveListener(config, context, old.server, old.socket, old.factory,
+                                    contexts, runtime)
+            active.bound, old.bound = old.bound, None
             self.listeners[config.name] = active
         else:
             active = await self.add(config, route_config)
-            if old is not None and old.server is not None:
-                old.server.close()
+            if old is not None:
+                old.close_server()
         if old is not None:
-            self._retire(old.context)
+            for context in old.contexts:
+                self._retire(context)
+        self._index()
         return active
 
     def remove(self, name: str) -> None:
         """Stop accepting on a listener (LDS removal); its connections drain."""
         old = self.listeners.pop(name, None)
         if old is not None:
-            if old.server is not None:
-                old.server.close()
-            self._retire(old.context)
+            old.close_server()
+            for context in old.contexts:
+                self._retire(context)
+        self._index()
 
-    def _retire(self, context: HcmContext | TcpProxyContext) -> None:
+    def _retire(self, context: Context) -> None:
         self.draining = [c for c in self.draining if c.connections]
         if isinstance(context, HcmContext):
             context.drain()     # each connection closes after its current response
@@ -145,9 +235,8 @@ class ListenerManager:
                   ) -> ActiveListener:
         """Bind and start accepting; raises OSError naming the address when the bind fails."""
         loop = asyncio.get_running_loop()
-        context = self.make_context(config, route_config)
-        make = self.connection_maker(context)
         server = sock = factory = None
+        bound = None
         if config.bind_to_port:
             a = config.address
             try:
@@ -156,25 +245,35 @@ class ListenerManager:
                 raise OSError(e.errno, f"listener {config.name!r}: cannot bind {a.address}:{a.port}: "
                               f"{e.strerror}") from None
             bound = sock.getsockname()
-            name = f"{bound[0]}_{bound[1]}" if not config.stat_prefix else config.stat_prefix
-            factory = CountingProtocolFactory(make, self.stats.listener_scope(name))
-            server = await loop.create_server(factory, sock=sock, backlog=1024)
+        stats = self.listener_stats(config, bound)
+        context, contexts, runtime, make = self.build(config, route_config, stats)
+        if sock is not None and bound is not None:
+            factory = CountingProtocolFactory(make, stats, count=runtime is None)
+            try:
+                server = await loop.create_server(factory, sock=sock, backlog=1024)
+            except BaseException:
+                sock.close()
+                raise
             log.info("listener %s bound to %s:%s", config.name, bound[0], bound[1])
-        active = ActiveListener(config, context, server, sock, factory)
+        active = ActiveListener(config, context, server, sock, factory, contexts, runtime)
+        if bound is not None:
+            active.bound = (bound[0], bound[1])
+            own_addresses.add(bound[0], bound[1])
         self.listeners[config.name] = active
+        self._index()
         return active
 
     def stop_accepting(self) -> None:
         for active in self.listeners.values():
-            if active.server is not None:
-                active.server.close()
+            active.close_server()
 
     def drain(self) -> None:
         for active in self.listeners.values():
-            active.context.drain()
+            for context in active.contexts:
+                context.drain()
         for context in self.draining:
             context.drain()
 
     def open_connections(self) -> int:
-        return (sum(len(a.context.connections) for a in self.listeners.values())
+        return (sum(len(c.connections) for a in self.listeners.values() for c in a.contexts)
                 + sum(len(c.connections) for c in self.draining))

@@ -8,16 +8,21 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 import socket
 from collections.abc import Callable
 from typing import Any
 
 from config import model
-from sidecar.stats import CircuitBreakerStats, ClusterStats, StatsStore
+from sidecar.stats import CircuitBreakerStats, ClusterStats, OutlierDetectionStats, StatsStore
+from sidecar.upstream.health_check import HealthChecker, update_hosts
 from sidecar.upstream.host import Host
-from sidecar.upstream.lb import LoadBalancer, build_lb
+from sidecar.upstream.hash_lb_stats import hash_lb_stats
+from sidecar.upstream.lb import ClusterProvided, LoadBalancer, build_lb
+from sidecar.upstream.original_dst import OriginalDstHosts
+from sidecar.upstream.outlier import OutlierDetector
+from sidecar.upstream import priority
 from sidecar.upstream.pool import Http1Pool
+from sidecar.upstream.pool_h2 import Http2Pool
 
 log = logging.getLogger(__name__)
 
@@ -27,18 +32,22 @@ _FAMILIES = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6}
 class ClusterRuntime:
     def __init__(self, config: model.Cluster, stats: ClusterStats,
                  parser_factory: Callable[[], Any],
-                 pools: dict[tuple[str, int], Http1Pool] | None = None) -> None:
+                 pools: dict[tuple[str, int], Http1Pool | Http2Pool] | None = None) -> None:
         self.config = config
         self.name = config.name
         self.stats = stats
         self.parser_factory = parser_factory
         self.hosts: list[Host] = []
+        # Picks a host across priorities and localities (sidecar/upstream/priority.py).
         self.lb: LoadBalancer = build_lb(config, [])
-        self.degraded_lb: LoadBalancer | None = None
-        self.healthy_share = 1.0          # the rest goes to degraded hosts
+        # What the load assignment says beyond its hosts: the cluster's own (STATIC,
+        # STRICT_DNS) or the latest EDS one's (set_endpoints).
+        self.assignment_policy = (config.endpoints[0].policy if config.endpoints
+                                  else model.DEFAULT_ASSIGNMENT_POLICY)
+        self.locality_weights = priority.locality_weights(config.endpoints)
         # An updated cluster takes over its predecessor's pools (set_hosts keeps those
         # to addresses that remain): warm connections survive a CDS update.
-        self.pools: dict[tuple[str, int], Http1Pool] = pools or {}
+        self.pools: dict[tuple[str, int], Http1Pool | Http2Pool] = pools or {}
         self.task: asyncio.Task[None] | None = None
         self.initialized = asyncio.Event()
         self.added_via_api = False        # CDS (ClusterManager.put), as admin /clusters says
@@ -50,9 +59,27 @@ class ClusterRuntime:
         self.retries_active = 0           # retries in flight (the max_retries circuit breaker)
         self.connecting = 0               # connections being opened (count against max_connections)
         stats.circuit_breakers = CircuitBreakerStats(self.name, self.breaker_gauges)
+        stats.hash_lb = hash_lb_stats(config)     # RING_HASH / MAGLEV gauges, else None
         for pool in self.pools.values():
             pool.breaker = self
-        if config.type == "STATIC":
+        # Outlier detection: host monitors come with set_hosts; its counters outlive a CDS update.
+        self.outlier: OutlierDetector | None = None
+        if config.outlier_detection is not None:
+            stats.outlier_detection = stats.outlier_detection or OutlierDetectionStats(self.name)
+            self.outlier = OutlierDetector(config.outlier_detection, self, stats.outlier_detection)
+        else:
+            stats.outlier_detection = None
+        # Active health checks: a session per host comes with set_hosts, checks begin with
+        # start(); ``initialized`` waits for the first round (health_check.py).
+        self.health_checker: HealthChecker | None = None
+        if config.health_check is not None:
+            self.health_checker = HealthChecker(self, config.health_check)
+        else:
+            stats.health_check = None
+        # ORIGINAL_DST: hosts come from connections' original destinations (original_dst.py).
+        self.original_dst = (OriginalDstHosts(self, config.original_dst)
+                             if config.original_dst is not None else None)
+        if config.type in ("STATIC", "ORIGINAL_DST"):
             self.set_endpoints(config.endpoints)
 
     def retry_limit(self) -> int:
@@ -89,33 +116,54 @@ class ClusterRuntime:
 
     def set_endpoints(self, endpoints: tuple[model.Endpoint, ...]) -> None:
         """STATIC endpoints, or an EDS ClusterLoadAssignment's."""
+        self.assignment_policy = endpoints[0].policy if endpoints else model.DEFAULT_ASSIGNMENT_POLICY
+        self.locality_weights = priority.locality_weights(endpoints)
         self.set_hosts([Host(e.address.address, e.address.port, e.weight, e.health_status,
-                             e.hostname, e.priority) for e in endpoints])
+                             e.hostname, e.priority, e.locality, e.hash_key) for e in endpoints])
 
     def __repr__(self) -> str:
         return f"<Cluster {self.name} hosts={self.hosts}>"
 
     def set_hosts(self, hosts: list[Host]) -> None:
         """Replace the host set; pools to addresses that remain are kept (warm connections survive)."""
-        pools: dict[tuple[str, int], Http1Pool] = {}
+        pools: dict[tuple[str, int], Http1Pool | Http2Pool] = {}
         for h in hosts:
             key = (h.address, h.port)
-            pool = self.pools.get(key) or pools.get(key)
-            if pool is None:
-                c = self.config
-                pool = Http1Pool(h.address, h.port, self.stats, self.parser_factory,
-                                 c.connect_timeout, c.idle_timeout,
-                                 c.max_requests_per_connection,
-                                 c.per_connection_buffer_limit_bytes, self)
+            pool = pools.get(key) or self.pools.get(key)
+            if pool is None or (type(pool) is Http2Pool) != self.config.http2:
+                pool = self.new_pool(h)
             pools[key] = pool
             h.pool = pool
         for key, pool in self.pools.items():
-            if key not in pools:
+            if pools.get(key) is not pool:
                 pool.close()
         self.pools = pools
+        if self.outlier is not None:
+            self.outlier.set_hosts(hosts)
         self.hosts = hosts
+        update_hosts(self.health_checker, hosts)
         self.health_changed()
-        self.initialized.set()
+        if self.health_checker is None:     # else after its first round of checks
+            self.initialized.set()
+
+    def new_pool(self, host: Host) -> Http1Pool | Http2Pool:
+        """The connection pool to a new host: HTTP/2 when the cluster's protocol options say so."""
+        c = self.config
+        h2 = c.http2_options
+        if h2 is not None:
+            pool: Http1Pool | Http2Pool = Http2Pool(
+                host.address, host.port, self.stats, c.connect_timeout,
+                c.idle_timeout, c.max_requests_per_connection,
+                c.per_connection_buffer_limit_bytes, self, h2.max_concurrent_streams,
+                h2.initial_stream_window_size, h2.initial_connection_window_size,
+                h2.keepalive)
+        else:
+            pool = Http1Pool(host.address, host.port, self.stats, self.parser_factory,
+                             c.connect_timeout, c.idle_timeout, c.max_requests_per_connection,
+                             c.per_connection_buffer_limit_bytes, self)
+        if c.upstream_bind_address is not None:
+            pool.local_addr = (c.upstream_bind_address, 0)      # upstream_bind_config
+        return pool
 
     def health_changed(self) -> None:
         """A host's health changed (host set, active health check, outlier ejection):
@@ -124,47 +172,32 @@ class ClusterRuntime:
         self.stats.membership_total = len(hosts)
         self.stats.membership_healthy = sum(1 for h in hosts if h.healthy)
         self.stats.membership_degraded = sum(1 for h in hosts if h.degraded)
+        self.stats.membership_excluded = sum(1 for h in hosts if priority.excluded(h))
         self._build_lbs(hosts)
 
     def _build_lbs(self, hosts: list[Host]) -> None:
-        """Envoy's health-aware load split for one priority level.
+        """Precompute Envoy's host selection (priority load, panic, locality weights): see
+        sidecar/upstream/priority.py."""
+        if self.original_dst is not None:
+            self.lb = ClusterProvided(self.original_dst.pick)
+            return
+        self.lb = priority.build(self.config, hosts, self.assignment_policy,
+                                 self.locality_weights, self.stats)
 
-        With the overprovisioning factor 1.4, healthy hosts take
-        min(100%, 1.4 x healthy share) of the traffic and degraded hosts the
-        rest; when healthy + degraded fall below healthy_panic_threshold
-        (default 50%), Envoy gives up on health and balances over every host.
-        Priorities beyond the best level with usable hosts come later (issue 4):
-        only that level is used.
-        """
-        config = self.config
-        usable = [h for h in hosts if h.healthy or h.degraded]
-        top = min((h.priority for h in usable), default=min((h.priority for h in hosts), default=0))
-        level = [h for h in hosts if h.priority == top]
-        healthy = [h for h in level if h.healthy]
-        degraded = [h for h in level if h.degraded]
-        total = len(level)
-        healthy_pct = min(100.0, 140.0 * len(healthy) / total) if total else 0.0
-        degraded_pct = min(100.0 - healthy_pct, 140.0 * len(degraded) / total) if total else 0.0
-        self.degraded_lb = None
-        self.healthy_share = 1.0
-        if total and healthy_pct + degraded_pct < self.config.healthy_panic_threshold:
-            self.lb = build_lb(config, level)          # panic: every host
-        elif degraded_pct > 0 and healthy:
-            self.lb = build_lb(config, healthy)
-            self.degraded_lb = build_lb(config, degraded)
-            self.healthy_share = healthy_pct / (healthy_pct + degraded_pct)
-        else:
-            self.lb = build_lb(config, healthy or degraded)
-
-    def choose_host(self, hash_key: int | None = None) -> Host | None:
-        """A host for one request (``hash_key``: the route's hash_policy result, if any)."""
-        if self.degraded_lb is not None and random.random() >= self.healthy_share:
-            return self.degraded_lb.pick(hash_key)
-        return self.lb.pick(hash_key)
+    def choose_host(self, hash_key: int | None = None, attempt: int = 0) -> Host | None:
+        """A host for one request (``hash_key``: the route's hash_policy result, if any;
+        ``attempt``: the re-selection number of a retry avoiding previous hosts)."""
+        return self.lb.pick(hash_key, attempt)
 
     # --- STRICT_DNS ---------------------------------------------------------------
 
     def start(self) -> None:
+        if self.health_checker is not None:
+            self.health_checker.start()
+        if self.original_dst is not None:
+            self.original_dst.start()       # the cleanup_interval timer
+        if self.outlier is not None:
+            self.outlier.start()            # the interval timer
         if self.config.type == "STRICT_DNS":
             self.task = asyncio.get_running_loop().create_task(self._dns_loop(),
                                                                name=f"dns:{self.name}")
@@ -192,7 +225,8 @@ class ClusterRuntime:
             addresses = _pick_family([str(info[4][0]) for info in infos], self.config.dns_lookup_family)
             for address in addresses:
                 hosts.append(Host(address, e.address.port, e.weight, e.health_status,
-                                  e.hostname or e.address.address, e.priority))
+                                  e.hostname or e.address.address, e.priority, e.locality,
+                                  e.hash_key))
         if failed and not hosts and self.hosts:
             self.stats.update_failure += 1
             return        # keep the last good host set, as Envoy does on resolution failure
@@ -206,6 +240,12 @@ class ClusterRuntime:
     def close(self) -> None:
         if self.task is not None:
             self.task.cancel()
+        if self.original_dst is not None:
+            self.original_dst.close()
+        if self.outlier is not None:
+            self.outlier.close()
+        if self.health_checker is not None:
+            self.health_checker.close()
         for pool in self.pools.values():
             pool.close()
 
@@ -235,10 +275,6 @@ class ClusterManager:
         for c in clusters:
             if c.type == "EDS":
                 continue        # warms in sidecar/xds/dynamic.py until its endpoints arrive
-            if c.http2:
-                log.info("cluster %s speaks HTTP/2: used for gRPC services (xDS) only; "
-                         "HTTP routed to it gets 503 until HTTP/2 upstreams land", c.name)
-                continue
             runtime = ClusterRuntime(c, self.stats.cluster_scope(c.name), self.parser_factory)
             self.clusters[c.name] = runtime
             runtime.start()
@@ -263,20 +299,25 @@ class ClusterManager:
         remain, so pooled connections survive; requests already routed keep
         the runtime they picked.
         """
-        if config.http2:
-            self.remove(config.name)
-            log.warning("cluster %s speaks HTTP/2: not routable until HTTP/2 upstreams land",
-                        config.name)
-            return
         old = self.clusters.get(config.name)
         if old is not None and old.task is not None:
             old.task.cancel()
+        if old is not None and old.outlier is not None:
+            old.outlier.close()     # a new detector starts afresh, as Envoy's new cluster
+        if old is not None and old.original_dst is not None:
+            old.original_dst.close()
+        if old is not None and old.health_checker is not None:
+            old.health_checker.close()
         runtime = ClusterRuntime(config, self.stats.cluster_scope(config.name), self.parser_factory,
                                  pools=old.pools if old is not None else None)
         if endpoints is not None:
             runtime.set_endpoints(endpoints)
         elif old is not None and config.type == "EDS":
+            runtime.assignment_policy = old.assignment_policy
+            runtime.locality_weights = old.locality_weights
             runtime.set_hosts(old.hosts)
+        if old is not None and runtime.health_checker is not None:
+            runtime.health_checker.inherit(old.hosts)     # Envoy would warm it first instead
         runtime.added_via_api = True
         self.clusters[config.name] = runtime
         runtime.start()

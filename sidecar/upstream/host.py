@@ -14,20 +14,26 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sidecar.upstream.pool import Http1Pool
+    from sidecar.upstream.pool_h2 import Http2Pool
 
 # Failure flags (Envoy's Host::HealthFlag names)
 FAILED_ACTIVE_HC = 1        # the active health checker found it unhealthy (or has not checked yet)
 FAILED_OUTLIER_CHECK = 2    # ejected by outlier detection
 DEGRADED_ACTIVE_HC = 4      # the health check answered with x-envoy-degraded
+# Set with FAILED_ACTIVE_HC by the active health checker: an x-envoy-immediate-health-check-fail
+# answer (excluded from the level size, as EDS DRAINING), and a timed-out check (admin only).
+EXCLUDED_VIA_IMMEDIATE_HC_FAIL = 8
+ACTIVE_HC_TIMEOUT = 16
 
 
 class Host:
     __slots__ = ("address", "port", "weight", "health_status", "hostname", "priority",
                  "locality", "active_requests", "pool", "label", "failed", "outlier",
-                 "health_checker")
+                 "health_checker", "hash_key")
 
     def __init__(self, address: str, port: int, weight: int = 1, health_status: str = "UNKNOWN",
-                 hostname: str = "", priority: int = 0, locality: Any = None) -> None:
+                 hostname: str = "", priority: int = 0, locality: Any = None,
+                 hash_key: str = "") -> None:
         self.address = address
         self.port = port
         self.weight = weight
@@ -35,8 +41,9 @@ class Host:
         self.hostname = hostname
         self.priority = priority
         self.locality = locality          # the LocalityLbEndpoints it came in (EDS / load_assignment)
+        self.hash_key = hash_key          # envoy.lb metadata hash_key (RING_HASH / MAGLEV), or ""
         self.active_requests = 0          # for LEAST_REQUEST
-        self.pool: Http1Pool | None = None
+        self.pool: Http1Pool | Http2Pool | None = None
         # "10.0.0.1:80" / "[::1]:80", as Envoy prints %UPSTREAM_HOST%
         self.label = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         self.failed = 0                   # failure flags, above

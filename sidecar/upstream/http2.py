@@ -75,7 +75,7 @@ class Http2Stream(WriteFlowControl):
     __slots__ = ("conn", "stream_id", "head_waiter", "body", "closed", "head_received",
                  "request_done", "response_done", "pending", "pending_size", "trailers",
                  "write_paused", "drain_waiter", "route_deadline", "unacked", "reading_paused",
-                 "ended")
+                 "ended", "uploader")
 
     def __init__(self, conn: Http2UpstreamConnection) -> None:
         self.conn = conn
@@ -95,6 +95,8 @@ class Http2Stream(WriteFlowControl):
         self.route_deadline = LazyDeadline(conn.loop, self.time_out)
         self.unacked = 0                 # DATA held back while the body stream is paused
         self.reading_paused = False
+        # The task sending the request body while the response comes (the router's).
+        self.uploader: asyncio.Future[None] | None = None
 
     # --- used by the router ----------------------------------------------------
 
@@ -131,8 +133,14 @@ class Http2Stream(WriteFlowControl):
 
     def abort(self) -> None:
         """Reset the stream (the downstream went away, or the request timed out)."""
+        self.stop_upload()
         if not self.closed:
             self.conn.reset_stream(self, h2.errors.ErrorCodes.CANCEL)
+
+    def stop_upload(self) -> None:
+        uploader, self.uploader = self.uploader, None
+        if uploader is not None:
+            uploader.cancel()
 
     # --- driven by the connection -------------------------------------------------
 
@@ -195,6 +203,9 @@ class Http2UpstreamConnection(asyncio.Protocol):
         self.received_any = False
         self.idle_deadline = LazyDeadline(self.loop, self._idle_expired)
         self.ping_handle: asyncio.TimerHandle | None = None
+        # Set once the server's first SETTINGS arrived: only then is its stream limit known
+        # and the connection given streams.
+        self.ready: asyncio.Future[None] = self.loop.create_future()
         self.ping_timeout_handle: asyncio.TimerHandle | None = None
 
     # --- capacity, as the pool sees it -------------------------------------------
@@ -231,6 +242,10 @@ class Http2UpstreamConnection(asyncio.Protocol):
         self.streams[sid] = stream
         try:
             self.h2.send_headers(sid, headers, end_stream=end_stream)
+        except h2.exceptions.TooManyStreamsError:
+            del self.streams[sid]
+            stream.fail(UpstreamRefused())      # the server lowered its limit meanwhile
+            return
         except h2.exceptions.ProtocolError as e:
             del self.streams[sid]
             stream.fail(UpstreamProtocolError(f"cannot open stream: {e}"))
@@ -438,6 +453,8 @@ class Http2UpstreamConnection(asyncio.Protocol):
                     if stream.pending or (stream.request_done and not stream.ended):
                         self.flush_stream(stream)
             elif kind is h2.events.RemoteSettingsChanged:
+                if not self.ready.done():
+                    self.ready.set_result(None)
                 self.pool.stream_released(self)          # capacity may have grown
             elif kind is h2.events.ConnectionTerminated:
                 self.goaway = True
@@ -466,6 +483,8 @@ class Http2UpstreamConnection(asyncio.Protocol):
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        if not self.ready.done():
+            self.ready.set_exception(ConnectionResetError("closed before the server's SETTINGS"))
         self.idle_deadline.cancel()
         for handle in (self.ping_handle, self.ping_timeout_handle):
             if handle is not None:

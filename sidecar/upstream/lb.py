@@ -1,4 +1,5 @@
-"""Load balancers: ROUND_ROBIN (weighted), RANDOM (weighted), LEAST_REQUEST (power of two choices).
+"""Load balancers: ROUND_ROBIN (weighted), RANDOM (weighted), LEAST_REQUEST (power of two choices);
+RING_HASH and MAGLEV live in hash_lb.py.
 
 Each is built over the current healthy hosts of a cluster and rebuilt when the
 host set changes, so ``pick()`` is O(1) or O(choice_count).
@@ -7,6 +8,7 @@ host set changes, so ``pick()`` is O(1) or O(choice_count).
 from __future__ import annotations
 
 import random
+from typing import Any
 from itertools import accumulate
 from bisect import bisect_right
 
@@ -18,9 +20,10 @@ class LoadBalancer:
     def __init__(self, hosts: list[Host]) -> None:
         self.hosts = hosts
 
-    def pick(self, hash_key: int | None = None) -> Host | None:
-        """The next host; ``hash_key`` is the route's hash_policy result (used by the
-        consistent-hashing balancers only; None when the route has no hash policy)."""
+    def pick(self, hash_key: int | None = None, attempt: int = 0) -> Host | None:
+        """The next host; ``hash_key`` is the route's hash_policy result and ``attempt`` the
+        host re-selection of a retry avoiding previous hosts (both used by the
+        consistent-hashing balancers only: the others pick afresh each time)."""
         raise NotImplementedError
 
 
@@ -44,7 +47,7 @@ class RoundRobin(LoadBalancer):
             for _ in range((rng or random).randrange(min(self.total, 1000))):
                 self.pick()
 
-    def pick(self, hash_key: int | None = None) -> Host | None:
+    def pick(self, hash_key: int | None = None, attempt: int = 0) -> Host | None:
         hosts = self.hosts
         if not hosts:
             return None
@@ -67,7 +70,7 @@ class Random(LoadBalancer):
         self.rng = rng or random.Random()
         self.cumulative = list(accumulate(h.weight for h in hosts))
 
-    def pick(self, hash_key: int | None = None) -> Host | None:
+    def pick(self, hash_key: int | None = None, attempt: int = 0) -> Host | None:
         if not self.hosts:
             return None
         x = self.rng.random() * self.cumulative[-1]
@@ -87,7 +90,7 @@ class LeastRequest(LoadBalancer):
         self.random = Random(hosts, rng)
         self.weighted = len({h.weight for h in hosts}) > 1
 
-    def pick(self, hash_key: int | None = None) -> Host | None:
+    def pick(self, hash_key: int | None = None, attempt: int = 0) -> Host | None:
         if not self.hosts:
             return None
         best = self.random.pick()
@@ -103,6 +106,11 @@ class LeastRequest(LoadBalancer):
         return best
 
 
+# The consistent-hashing policies: Envoy's "thread aware" balancers, the only ones that take
+# a route's hash (so the only ones for which the router computes it).
+HASHING_POLICIES = frozenset(("RING_HASH", "MAGLEV"))
+
+
 def build_lb(config: model.Cluster, hosts: list[Host]) -> LoadBalancer:
     """The cluster's lb_policy over ``hosts``."""
     policy = config.lb_policy
@@ -110,4 +118,24 @@ def build_lb(config: model.Cluster, hosts: list[Host]) -> LoadBalancer:
         return Random(hosts)
     if policy == "LEAST_REQUEST":
         return LeastRequest(hosts, config.least_request_choice_count)
+    if policy in HASHING_POLICIES:
+        # Imported here: hash_lb subclasses LoadBalancer from this module.
+        from sidecar.upstream.hash_lb import BoundedLoad, Maglev, RingHash
+        table: RingHash | Maglev = (RingHash(hosts, config) if policy == "RING_HASH"
+                                    else Maglev(hosts, config))
+        if config.hash_balance_factor:
+            return BoundedLoad(table, hosts, config.hash_balance_factor)
+        return table
     return RoundRobin(hosts)
+
+
+class ClusterProvided(LoadBalancer):
+    """lb_policy CLUSTER_PROVIDED: the cluster picks (ORIGINAL_DST: sidecar/upstream/original_dst.py,
+    whose ``pick`` takes the host key the router passes as ``hash_key``)."""
+
+    def __init__(self, picker: Any) -> None:
+        super().__init__([])
+        self.picker = picker
+
+    def pick(self, hash_key: int | None = None, attempt: int = 0) -> Host | None:
+        return self.picker(hash_key, attempt)  # type: ignore[no-any-return]

@@ -20,6 +20,8 @@ log = logging.getLogger(__name__)
 
 
 class Http1Pool:
+    # upstream_bind_config.source_address (port 0): the cluster sets it on new pools.
+    local_addr: tuple[str, int] | None = None
     def __init__(self, address: str, port: int, stats: ClusterStats, parser_factory: Callable[[], Any],
                  connect_timeout: float, idle_timeout: float | None,
                  max_requests_per_connection: int, buffer_limit: int, breaker: Any = None) -> None:
@@ -140,7 +142,7 @@ class Http1Pool:
             async with asyncio.timeout(timeout):
                 _, conn = await loop.create_connection(
                     lambda: Http1UpstreamConnection(self, self.parser_factory(), self.buffer_limit),
-                    self.address, self.port)
+                    self.address, self.port, local_addr=self.local_addr)
             connected = True
         except TimeoutError:
             stats.upstream_cx_connect_fail += 1

@@ -30,6 +30,8 @@ log = logging.getLogger(__name__)
 
 
 class Http2Pool:
+    # upstream_bind_config.source_address (port 0): the cluster sets it on new pools.
+    local_addr: tuple[str, int] | None = None
     def __init__(self, address: str, port: int, stats: ClusterStats, connect_timeout: float,
                  idle_timeout: float | None, max_requests_per_connection: int, buffer_limit: int,
                  breaker: Any = None, max_concurrent_streams: int = 2**31 - 1,
@@ -145,17 +147,21 @@ class Http2Pool:
             breaker.connecting += 1
         self.connecting += 1
         error: Callable[[], LocalReply] | None = None
+        conn: Http2UpstreamConnection | None = None
         try:
             async with asyncio.timeout(self.connect_timeout):
                 _, conn = await loop.create_connection(
                     lambda: Http2UpstreamConnection(self, self.stream_window,
                                                     self.connection_window, self.buffer_limit),
-                    self.address, self.port)
+                    self.address, self.port, local_addr=self.local_addr)
+                await conn.ready        # the server's SETTINGS: its stream limit
         except TimeoutError:
             stats.upstream_cx_connect_fail += 1
             stats.upstream_cx_connect_timeout += 1
             self.cx_connect_fail += 1
             error = local_reply.connect_timeout
+            if conn is not None and conn.transport is not None:
+                conn.transport.abort()      # connected, but no SETTINGS came
         except OSError as e:
             stats.upstream_cx_connect_fail += 1
             self.cx_connect_fail += 1
@@ -167,16 +173,15 @@ class Http2Pool:
             if breaker is not None:
                 breaker.connecting -= 1
             self.connect_task = None
-        if error is not None:
+        if error is not None or conn is None:
             self._wake(error)
             return
         stats.upstream_cx_active += 1
+        self.connections.append(conn)
         if self.closed:
             conn.close()
-        else:
-            self.connections.append(conn)
-            if self.keepalive is not None:
-                conn.start_keepalive(*self.keepalive)
+        elif self.keepalive is not None:
+            conn.start_keepalive(*self.keepalive)
         self._wake()
 
     # --- called by the connections --------------------------------------------------
@@ -187,11 +192,12 @@ class Http2Pool:
             self._wake()
 
     def lost(self, conn: Http2UpstreamConnection) -> None:
+        if conn not in self.connections:
+            return              # closed before it was ready: _connect counted the failure
+        self.connections.remove(conn)
         stats = self.stats
         stats.upstream_cx_active -= 1
         stats.upstream_cx_destroy += 1
-        if conn in self.connections:
-            self.connections.remove(conn)
         if self.waiters:
             self._wake()            # they connect anew
 

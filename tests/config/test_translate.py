@@ -75,16 +75,16 @@ def test_unknown_field_inside_typed_config_names_the_path():
 
 def test_unsupported_but_valid_envoy_field_fails_at_load_with_its_path():
     config = basic()
-    config["static_resources"]["clusters"][0]["outlier_detection"] = {"consecutive_5xx": 3}
+    config["static_resources"]["clusters"][0]["upstream_connection_options"] = {"tcp_keepalive": {}}
     assert errors_of(config) == [
-        "static_resources.clusters[0].outlier_detection: not supported by sidecar yet "
+        "static_resources.clusters[0].upstream_connection_options: not supported by sidecar yet "
         "(see docs/compatibility.md)"]
 
 
 def test_every_error_is_reported_at_once():
     config = basic()
-    config["static_resources"]["clusters"][0]["outlier_detection"] = {"consecutive_5xx": 3}
-    config["static_resources"]["clusters"][0]["lb_policy"] = "MAGLEV"
+    config["static_resources"]["clusters"][0]["upstream_connection_options"] = {"tcp_keepalive": {}}
+    config["static_resources"]["clusters"][0]["lb_policy"] = "CLUSTER_PROVIDED"
     errs = errors_of(config)
     assert len(errs) == 2
     assert any(e.startswith("static_resources.clusters[0].lb_policy:") for e in errs)

@@ -13,6 +13,7 @@ from filters.api import LocalReply
 from filters.http.fault.factory import AbortFault, DelayFault, FaultConfig, Percent
 from filters.http.fault.filter import FaultFilter, parse_uint
 from sidecar.http.message import Request, Response
+from sidecar.http.responding import local_response
 from sidecar.stats import FaultStats, StatsStore
 
 ALWAYS = Percent(100, 100)
@@ -197,21 +198,26 @@ def test_header_delay_uses_the_header_value_in_ms():
 ])
 def test_grpc_requests_get_a_grpc_local_reply(content_type, grpc):
     headers = {"content-type": content_type} if content_type else {}
-    outcome = run(make_filter(abort_config(None, grpc=5)), make_request(headers))
-    assert isinstance(outcome, LocalReply) and outcome.status == 200
+    request = make_request(headers)
+    outcome = run(make_filter(abort_config(None, grpc=5)), request)
+    assert isinstance(outcome, LocalReply) and outcome.grpc_status == 5
+    response = local_response(request, outcome)         # as the connection manager answers
+    assert response.status == 200
     if grpc:
-        assert outcome.body == b""
-        assert outcome.headers == [("content-type", "application/grpc"), ("grpc-status", "5"),
-                                   ("grpc-message", "fault filter abort")]
+        assert response.body == b""
+        assert response.headers == [("content-type", "application/grpc"), ("grpc-status", "5"),
+                                    ("grpc-message", "fault filter abort")]
     else:
-        assert outcome.body == b"fault filter abort" and outcome.headers == []
+        assert response.body == b"fault filter abort"
 
 
 @pytest.mark.parametrize("status,grpc_status", [(503, "14"), (404, "12"), (400, "13"), (418, "2")])
 def test_http_abort_of_a_grpc_request_maps_the_status(status, grpc_status):
-    outcome = run(make_filter(abort_config(status)), make_request({"content-type": "application/grpc"}))
-    assert isinstance(outcome, LocalReply) and outcome.status == 200
-    assert ("grpc-status", grpc_status) in outcome.headers
+    request = make_request({"content-type": "application/grpc"})
+    outcome = run(make_filter(abort_config(status)), request)
+    assert isinstance(outcome, LocalReply) and outcome.status == status
+    response = local_response(request, outcome)
+    assert response.status == 200 and ("grpc-status", grpc_status) in response.headers
 
 
 def test_headers_and_downstream_nodes_limit_the_fault():

@@ -187,7 +187,7 @@ class FakeCluster:
     def __init__(self, picks: list[str]) -> None:
         self.picks = iter(picks)
 
-    def choose_host(self) -> str:
+    def choose_host(self, hash_key: int | None = None, attempt: int = 0) -> str:
         return next(self.picks)
 
 

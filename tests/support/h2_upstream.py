@@ -9,7 +9,6 @@ a delay, a RST_STREAM, or a GOAWAY.  ``requests``, ``connections`` and ``resets`
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
@@ -17,6 +16,8 @@ import h2.config
 import h2.connection
 import h2.errors
 import h2.events
+
+from tests.support.threaded_server import ThreadedServer
 
 
 @dataclass
@@ -52,51 +53,19 @@ def echo(request: H2Received) -> H2Reply:
     return H2Reply(200, [("content-type", "text/plain")], [request.path.encode()])
 
 
-class H2Upstream:
+class H2Upstream(ThreadedServer):
     def __init__(self, handler: Callable[[H2Received], H2Reply] = echo,
                  max_concurrent_streams: int | None = None, window: int = 65535) -> None:
+        super().__init__()
         self.handler = handler
         self.max_concurrent_streams = max_concurrent_streams
         self.window = window
-        self.port = 0
         self.requests: list[H2Received] = []
         self.resets: list[int] = []
         self.connections = 0
         self.pings = 0
         self.active = 0                # streams being answered now
         self.peak_active = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-
-    def __enter__(self) -> H2Upstream:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("h2 upstream did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._stop)
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def _stop(self) -> None:
-        self._server.close()  # type: ignore[union-attr]
-        for task in asyncio.all_tasks(self._loop):
-            task.cancel()
-        self._loop.call_soon(self._loop.stop)  # type: ignore[union-attr]
-
-    def _run(self) -> None:
-        loop = self._loop = asyncio.new_event_loop()
-        self._server = loop.run_until_complete(asyncio.start_server(self._serve, "127.0.0.1", 0))
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        loop.run_forever()
-        loop.run_until_complete(asyncio.sleep(0))
-        loop.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1

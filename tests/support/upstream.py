@@ -8,11 +8,12 @@ what crossed the proxy.
 from __future__ import annotations
 
 import asyncio
-import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import h11
+
+from tests.support.threaded_server import ThreadedServer
 
 
 @dataclass
@@ -50,48 +51,14 @@ def echo_handler(request: Received) -> Reply:
                  f"{request.method} {request.target}".encode())
 
 
-class Upstream:
+class Upstream(ThreadedServer):
     def __init__(self, handler: Callable[[Received], Reply] = echo_handler,
                  host: str = "127.0.0.1", read_delay: float = 0.0) -> None:
+        super().__init__(host)
         self.handler = handler
         self.read_delay = read_delay      # seconds to sleep between body reads (a slow reader)
-        self.host = host
-        self.port = 0
         self.requests: list[Received] = []
         self.connections = 0
-        self._loop: asyncio.AbstractEventLoop | None = None
-        self._server: asyncio.AbstractServer | None = None
-        self._thread: threading.Thread | None = None
-        self._ready = threading.Event()
-
-    def __enter__(self) -> Upstream:
-        self._thread = threading.Thread(target=self._run, daemon=True)
-        self._thread.start()
-        if not self._ready.wait(10):
-            raise RuntimeError("upstream did not start")
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self._loop is not None:
-            self._loop.call_soon_threadsafe(self._stop)
-        if self._thread is not None:
-            self._thread.join(5)
-
-    def _stop(self) -> None:
-        self._server.close()  # type: ignore[union-attr]
-        for task in asyncio.all_tasks(self._loop):
-            task.cancel()
-        self._loop.call_soon(self._loop.stop)  # type: ignore[union-attr]
-
-    def _run(self) -> None:
-        loop = self._loop = asyncio.new_event_loop()
-        self._server = loop.run_until_complete(
-            asyncio.start_server(self._serve, self.host, 0))
-        self.port = self._server.sockets[0].getsockname()[1]
-        self._ready.set()
-        loop.run_forever()
-        loop.run_until_complete(asyncio.sleep(0))   # let cancelled handlers unwind
-        loop.close()
 
     async def _serve(self, reader: asyncio.StreamReader, writer: asyncio.StreamWriter) -> None:
         self.connections += 1

@@ -169,7 +169,8 @@ def test_warming_then_traffic_then_updates(delta: bool, upstream: Upstream) -> N
             eventually(lambda: request(port, "/only").body == b"v1 /only")
 
         # An invalid cluster is NACKed with a reason naming it; the old config serves on.
-        bad = {"name": "backend", "type": "EDS", "connect_timeout": "1s", "lb_policy": "MAGLEV",
+        bad = {"name": "backend", "type": "EDS", "connect_timeout": "1s",
+               "lb_policy": "CLUSTER_PROVIDED",
                "eds_cluster_config": {"eds_config": ADS_SOURCE}}
         nonce = s.send(CLUSTER, "c2", [bad])
         nack = s.stream.next_request(CLUSTER)

@@ -16,7 +16,7 @@ import random
 from collections.abc import Callable
 
 from filters.api import Handler, LocalReply, Request, Response, request_config
-from filters.http.common import HTTP_TO_GRPC, Percent, is_grpc
+from filters.http.common import Percent
 from filters.http.fault.factory import AbortFault, DelayFault, FaultConfig
 from sidecar.http.route_table import headers_match
 from sidecar.stats import FaultStats
@@ -64,7 +64,7 @@ class FaultFilter:
                 # Delays can be followed by aborts: drawn after the delay, as Envoy.
                 status = self.abort_status(settings.abort, request)
                 if status is not None:
-                    raise self.abort_reply(request, *status)
+                    raise self.abort_reply(*status)
                 # The delay is over: no longer an active fault.
                 active = False
                 stats.active_faults -= 1
@@ -72,7 +72,7 @@ class FaultFilter:
             status = self.abort_status(settings.abort, request)
             if status is not None and self.may_start(settings):
                 active = True
-                raise self.abort_reply(request, *status)
+                raise self.abort_reply(*status)
             return await next(request)
         finally:
             if active:
@@ -138,16 +138,12 @@ class FaultFilter:
             return 200, grpc
         return None
 
-    def abort_reply(self, request: Request, status: int, grpc_status: int | None) -> LocalReply:
+    def abort_reply(self, status: int, grpc_status: int | None) -> LocalReply:
         self.stats.aborts_injected += 1
-        if is_grpc(request):
-            # Envoy's local reply to a gRPC request is a gRPC one: HTTP 200 with the
-            # status in grpc-status (mapped from the HTTP status when none is given).
-            code = grpc_status if grpc_status is not None else HTTP_TO_GRPC.get(status, 2)
-            return LocalReply(200, b"", "FI", DETAILS, headers=[
-                ("content-type", "application/grpc"), ("grpc-status", str(code)),
-                ("grpc-message", BODY.decode())])
-        return LocalReply(status, BODY, "FI", DETAILS)
+        reply = LocalReply(status, BODY, "FI", DETAILS)
+        # A gRPC request gets it gRPC-shaped (sidecar/http/responding.py), with this status.
+        reply.grpc_status = grpc_status
+        return reply
 
 
 def parse_uint(value: str | None, limit: int) -> int | None:

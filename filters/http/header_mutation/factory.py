@@ -17,7 +17,6 @@ from config import model
 from config.errors import ConfigError
 from config.translate_routes import RouteTranslator
 from filters.api import FilterContext, FilterFactory, HttpFilter
-from filters.http.common import header_option
 
 PACKAGE = "envoy.extensions.filters.http.header_mutation.v3"
 PER_ROUTE_TYPE = f"{PACKAGE}.HeaderMutationPerRoute"
@@ -97,7 +96,7 @@ class HeaderMutationFactory(FilterFactory[HeaderMutationConfig | HeaderMutationP
                     t.error(f"{p}.remove", ":-prefixed or host headers may not be modified")
                 out.append(model.HeaderMutations(remove=(name,)))
             elif which == "append":
-                option = header_option(t, mutation.append, f"{p}.append")
+                option = t.header_value_option(mutation.append, f"{p}.append")
                 if option.name.startswith(":") or option.name == "host":
                     t.error(f"{p}.append.header.key",
                             ":-prefixed or host headers may not be modified")

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from typing import Any
 
 from filters.api import Handler, LocalReply, Request, Response, request_config
-from filters.http.fault.filter import HTTP_TO_GRPC, is_grpc
 from filters.http.local_ratelimit.factory import LocalRateLimitConfig, Percent
 from filters.http.router.headers import apply_mutations
 from sidecar.stats import LocalRateLimitStats
@@ -58,7 +57,7 @@ class LocalRateLimitFilter:
                                                   settings.request_headers_when_not_enforced)
             return await next(request)
         stats.enforced += 1
-        raise self.reply(request, settings)
+        raise self.reply(settings)
 
     def stat_prefixes(self, config: LocalRateLimitConfig | None, route_config: Any) -> list[str]:
         configs: list[Any] = [config]
@@ -79,15 +78,11 @@ class LocalRateLimitFilter:
         return self.randrange(percent.denominator) < percent.numerator
 
     @staticmethod
-    def reply(request: Request, settings: LocalRateLimitConfig) -> LocalReply:
+    def reply(settings: LocalRateLimitConfig) -> LocalReply:
         headers: list[tuple[str, str]] = []
         if settings.response_headers is not None:
             headers = apply_mutations(headers, settings.response_headers)
-        if is_grpc(request):
-            # Envoy's local reply to a gRPC request: HTTP 200 and the status in grpc-status.
-            code = (RESOURCE_EXHAUSTED if settings.resource_exhausted
-                    else HTTP_TO_GRPC.get(settings.status, 2))
-            return LocalReply(200, b"", "RL", DETAILS, headers=headers + [
-                ("content-type", "application/grpc"), ("grpc-status", str(code)),
-                ("grpc-message", BODY.decode())])
-        return LocalReply(settings.status, BODY, "RL", DETAILS, headers=headers)
+        reply = LocalReply(settings.status, BODY, "RL", DETAILS, headers=headers)
+        if settings.resource_exhausted:     # for a gRPC request (gRPC-shaped by the connection)
+            reply.grpc_status = RESOURCE_EXHAUSTED
+        return reply

@@ -14,7 +14,6 @@ import ipaddress
 from typing import Any
 
 from filters.api import Handler, LocalReply, Request, Response, request_config
-from filters.http.common import HTTP_TO_GRPC, is_grpc
 from filters.http.rbac.factory import RbacConfig, Rule, Rules
 from filters.http.rbac.stats import Counters
 from sidecar.http.route_table import headers_match
@@ -151,16 +150,11 @@ class RbacFilter:
             allowed, policy = evaluate(rules, facts)
             if not allowed:
                 self.counters.enforced.denied += 1
-                raise self.reply(request, policy or "none")
+                raise self.reply(policy or "none")
             self.counters.enforced.allowed += 1
         return await next(request)
 
     @staticmethod
-    def reply(request: Request, policy: str) -> LocalReply:
+    def reply(policy: str) -> LocalReply:
         details = f"rbac_access_denied_matched_policy[{policy}]"
-        if is_grpc(request):
-            return LocalReply(200, b"", FLAG, details, headers=[
-                ("content-type", "application/grpc"),
-                ("grpc-status", str(HTTP_TO_GRPC.get(403, 7))),
-                ("grpc-message", BODY.decode())])
-        return LocalReply(403, BODY, FLAG, details)
+        return LocalReply(403, BODY, FLAG, details)     # gRPC-shaped for gRPC by the connection

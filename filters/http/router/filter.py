@@ -12,25 +12,31 @@ from __future__ import annotations
 import asyncio
 import logging
 import random
-from collections.abc import Callable
+from collections.abc import Callable, Coroutine
 from typing import Any
 
 from config import model
 from filters.api import FilterContext
 from filters.http.router.factory import RouterConfig
+from filters.http.router.hash_policy import compute_hash
 from filters.http.router.headers import apply_mutations, redirect_location
 from filters.http.router.mirror import finish_shadows, start_shadows
 from filters.http.router.retrying import forward_retrying
+from filters.http.router.stream_duration import stream_duration
 from filters.http.router.upstream_request import (REPLAY_LIMIT, SentBody, count_reply, held_body,
                                                   host_failed, host_responded, reply_for)
 from sidecar.codec.events import ResponseHead
 from sidecar.codec.http1 import LAST_CHUNK, encode_chunk, encode_last_chunk, serialize_request_head
 from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
-from sidecar.http.message import BodyStream, Request, Response
+from sidecar.http.message import BodyReset, BodyStream, Request, Response
 from sidecar.http.route_table import RouteEntry
 from sidecar.upstream.http1 import (Http1UpstreamConnection, UpstreamClosed, UpstreamProtocolError,
                                     UpstreamTimeout)
+from sidecar.upstream.http2 import UpstreamRefused
+from sidecar.upstream.http2 import request_headers as h2_request_headers
+from sidecar.upstream.lb import HASHING_POLICIES
+from sidecar.upstream.pool_h2 import Http2Pool
 
 log = logging.getLogger(__name__)
 
@@ -52,6 +58,9 @@ class Router:
                                if hcm.server_header_transformation == "OVERWRITE" else HOP_BY_HOP)
         self.loop = asyncio.get_event_loop()
         self.buffer_limit = ctx.buffer_limit    # the retry buffer when the route sets none
+        # What a route's hash_policy source_ip / generated cookie take as the client address.
+        self.use_remote_address = hcm.use_remote_address
+        self.xff_trusted_hops = hcm.xff_num_trusted_hops
         self.shadows: set[asyncio.Task[None]] = set()   # mirrored requests in flight
 
     async def __call__(self, request: Request) -> Response:
@@ -108,17 +117,23 @@ class Router:
         means the same: the keep-alive race needs a fresh connection.
         """
         entry = request.route
-        if entry is None or request.body is not None:
+        if entry is None or request.body is not None or not entry.callback_path:
             return None
-        action = entry.action
-        if (type(action) is not model.RouteAction or action.retry_policy is not None
-                or action.mirror_policies):
-            return None
+        action: model.RouteAction = entry.action  # type: ignore[assignment]
         name, weighted = self.pick_cluster(request, action)
         cluster = self.clusters.get(name)
-        if cluster is None or cluster.stats.upstream_rq_active >= cluster.max_requests:
+        if (cluster is None or cluster.stats.upstream_rq_active >= cluster.max_requests
+                or cluster.config.http2):
             return None     # (max_requests reached: the coroutine path answers 503 UO)
-        host = cluster.choose_host()
+        hash_key = None
+        if action.hash_policy and cluster.config.lb_policy in HASHING_POLICIES:
+            hash_key, set_cookie = compute_hash(action.hash_policy, request,
+                                                self.use_remote_address, self.xff_trusted_hops)
+            if set_cookie is not None:
+                return None     # the coroutine path sends the generated cookie back
+        elif cluster.original_dst is not None:     # ORIGINAL_DST: the host is the destination
+            hash_key = cluster.original_dst.key_for_request(request)
+        host = cluster.choose_host(hash_key)
         if host is None:
             return None
         conn = host.pool.take_idle()
@@ -173,8 +188,16 @@ class Router:
         if cluster is None:
             self.http_stats.no_cluster += 1
             raise local_reply.no_cluster(action.cluster_not_found_response_code)
+        hash_key = set_cookie = None
         if pick is None:
-            host = cluster.choose_host()
+            if action.hash_policy and cluster.config.lb_policy in HASHING_POLICIES:
+                hash_key, set_cookie = compute_hash(action.hash_policy, request,
+                                                    self.use_remote_address, self.xff_trusted_hops)
+            elif cluster.original_dst is not None:
+                hash_key = cluster.original_dst.key_for_request(request)
+            host = cluster.choose_host(hash_key)
+        elif cluster.original_dst is not None:     # retries pick the same destination again
+            hash_key = cluster.original_dst.key_for_request(request)
         if host is None:
             cluster.stats.upstream_cx_none_healthy += 1
             raise local_reply.no_healthy_upstream()
@@ -182,18 +205,45 @@ class Router:
             raise self.overflow(cluster.stats, local_reply.overflow(), active=True)
         policy = action.retry_policy
         sent = held_body(request, REPLAY_LIMIT if policy is None else
-                         policy.buffer_limit if policy.buffer_limit is not None else self.buffer_limit)
+                         policy.buffer_limit if policy.buffer_limit is not None else self.buffer_limit,
+                         not cluster.config.http2)
         pending = (start_shadows(self, request, entry, action, weighted, host)
                    if action.mirror_policies else None)
         try:
             if policy is not None:
-                return await forward_retrying(self, request, entry, action, policy, weighted,
-                                              cluster, host, sent)
-            return await self.forward_once(request, entry, action, name, weighted, cluster, host,
-                                           sent)
+                attempts = forward_retrying(self, request, entry, action, policy, weighted,
+                                            cluster, host, sent, hash_key)
+            else:
+                attempts = self.forward_once(request, entry, action, name, weighted, cluster,
+                                             host, sent)
+            if action.max_stream_duration is None and action.grpc_timeout_header_max is None:
+                response = await attempts
+            else:
+                response = await self.within_duration(request, action, attempts)
         finally:
             if pending:
                 finish_shadows(self, request, action, pending, sent)
+        if set_cookie is not None:
+            # A generated hash cookie goes on the upstream's response (not on local
+            # replies such as a connect failure's 503: Envoy 1.40 adds it there neither).
+            response.headers.append(("set-cookie", set_cookie))
+        return response
+
+    async def within_duration(self, request: Request, action: model.RouteAction,
+                              attempts: Coroutine[Any, Any, Response]) -> Response:
+        """Forward within the route's max_stream_duration (from the stream's start); when it
+        expires first the upstream request is cancelled (reset) and the proxy answers."""
+        duration = stream_duration(action, request)
+        if duration is None:
+            return await attempts
+        limit = asyncio.timeout_at(request.info.start_time + duration)
+        try:
+            async with limit:
+                return await attempts
+        except TimeoutError:
+            if limit.expired():
+                raise local_reply.duration_timeout() from None
+            raise
 
     async def forward_once(self, request: Request, entry: RouteEntry, action: model.RouteAction,
                            name: str, weighted: model.WeightedClusterEntry | None, cluster: Any,
@@ -249,10 +299,13 @@ class Router:
 
     def upstream_head(self, request: Request, entry: RouteEntry, action: model.RouteAction,
                       weighted: model.WeightedClusterEntry | None, host: Any,
-                      timeout: float | None, attempt: int = 0) -> bytes:
-        """The request head as sent upstream (request.headers gains the headers added)."""
+                      timeout: float | None, attempt: int = 0) -> bytes | list[tuple[str, str]]:
+        """The request head as sent upstream (request.headers gains the headers added):
+        serialized for an HTTP/1.1 host, a header list for an HTTP/2 one."""
         path, authority, headers = self.upstream_parts(request, request.headers, entry, action,
                                                        weighted, host, timeout, attempt)
+        if type(host.pool) is Http2Pool:
+            return h2_request_headers(request.method, path, authority, request.scheme, headers)
         return serialize_request_head(request.method, path, [("host", authority), *headers])
 
     def upstream_parts(self, request: Request, headers: list[tuple[str, str]], entry: RouteEntry,
@@ -294,7 +347,7 @@ class Router:
             headers.append(("content-length", str(request.content_length)))
         return path, authority, headers
 
-    async def exchange(self, request: Request, host: Any, head: bytes,
+    async def exchange(self, request: Request, host: Any, head: bytes | list[tuple[str, str]],
                        deadline: float | None, sent: SentBody, race_replay: bool = True) -> Response:
         """Send the request on a pooled connection; return the response head with its body.
 
@@ -305,6 +358,9 @@ class Router:
         keep-alive race behind "503 UC" (not when ``race_replay`` is off: a retry
         policy that retries resets handles it, as in Envoy).
         """
+        if type(head) is list:
+            return await self.exchange_h2(request, host, head, deadline, sent, race_replay)
+        assert type(head) is bytes
         body = request.body
         chunked = request.chunked
         pool = host.pool
@@ -336,6 +392,49 @@ class Router:
             return self.downstream_response(request, response_head, response_body, conn)
         raise AssertionError("unreachable")
 
+    async def exchange_h2(self, request: Request, host: Any, headers: list[tuple[str, str]],
+                          deadline: float | None, sent: SentBody, refused_replay: bool) -> Response:
+        """``exchange`` on an HTTP/2 host: a stream of its pool.
+
+        A request body still arriving is sent by a task of its own while the response
+        comes back (gRPC bidirectional calls interleave); a response head that comes
+        first makes the request not replayable.  A stream the upstream did not process
+        (REFUSED_STREAM, or above a GOAWAY's last stream id) is sent once more when
+        everything sent so far is still held, as the HTTP/1 keep-alive race is (not when
+        ``refused_replay`` is off: a retry policy that retries resets handles it).
+        """
+        body = request.body
+        pool = host.pool
+        for attempt in (1, 2):
+            stream = pool.take_idle() or await pool.acquire(deadline)
+            waiter = stream.send_head(headers, end_stream=body is None)
+            if deadline is not None:
+                stream.route_deadline.set(deadline)
+            try:
+                if body is not None:
+                    stream.write(sent.data(b""))
+                    if sent.finished:
+                        stream.finish_request(body.trailers or None)
+                    else:
+                        stream.uploader = asyncio.ensure_future(upload_h2(body, stream, sent))
+                response_head, response_body = await waiter
+            except UpstreamRefused as refused:
+                stream.stop_upload()
+                if sent.replayable and attempt == 1 and refused_replay:
+                    continue
+                raise reply_for(refused) from None
+            except (UpstreamClosed, UpstreamTimeout, UpstreamProtocolError) as e:
+                stream.stop_upload()
+                raise reply_for(e) from None
+            except BaseException:
+                stream.stop_upload()
+                stream.abort()
+                raise
+            if not sent.finished:
+                sent.replayable = False     # the rest of the body is still going up this stream
+            return self.downstream_response(request, response_head, response_body, stream)
+        raise AssertionError("unreachable")
+
     async def stream_body(self, body: BodyStream, conn: Http1UpstreamConnection, chunked: bool,
                           sent: SentBody) -> None:
         """Copy the request body upstream chunk by chunk, waiting while the socket is backed up."""
@@ -354,7 +453,7 @@ class Router:
         sent.finished = True
 
     def downstream_response(self, request: Request, head: ResponseHead, body: bytes | BodyStream,
-                            conn: Http1UpstreamConnection) -> Response:
+                            conn: Any) -> Response:
         strip = self.strip_response
         headers = [h for h in head.headers if h[0] not in strip]
         request.info.response_code_details = "via_upstream"
@@ -380,6 +479,24 @@ class Router:
         for mutations in entry.response_mutations:
             response.headers = apply_mutations(response.headers, mutations)
         return response
+
+async def upload_h2(body: BodyStream, stream: Any, sent: SentBody) -> None:
+    """Copy the rest of a request body to an HTTP/2 stream, within its flow-control windows,
+    then end it (with the request's trailers); a body that breaks off resets the stream."""
+    try:
+        async for chunk in body:
+            sent.add(chunk)
+            stream.write(chunk)
+            if stream.write_paused and not stream.closed:
+                await stream.wait_writable()
+            if stream.closed:
+                return
+    except BodyReset:
+        stream.abort()
+        return
+    sent.finished = True
+    stream.finish_request(body.trailers or None)
+
 
 def rewrite_path(path: str, match: model.RouteMatch, action: model.RouteAction) -> str:
     """prefix_rewrite swaps the matched prefix (or path); regex_rewrite rewrites the path, keeping the query."""

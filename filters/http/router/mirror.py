@@ -84,6 +84,9 @@ def start_shadows(router: Router, request: Request, entry: RouteEntry, action: m
         cluster = router.clusters.get(name) if name else None
         if cluster is None:
             continue        # Envoy: an unknown cluster (from the header) is not mirrored
+        if cluster.config.http2:
+            log.debug("shadow cluster %s speaks HTTP/2: not mirrored yet", cluster.name)
+            continue
         path, authority, headers = router.upstream_parts(
             request, list(request.headers), entry, action, weighted, host, action.timeout)
         if not policy.disable_shadow_host_suffix_append:
@@ -100,7 +103,7 @@ def start_shadows(router: Router, request: Request, entry: RouteEntry, action: m
 def finish_shadows(router: Router, request: Request, action: model.RouteAction,
                    pending: Pending, sent: SentBody) -> None:
     """The main exchange is over: shadow a request with a body if the body was held whole."""
-    if not (sent.finished and sent.replayable):
+    if not (sent.finished and sent.replayable) or (request.chunked and not sent.framed):
         log.debug("request body of %s %s not held whole: not mirrored", request.method, request.path)
         return
     body = b"".join(sent.pieces)

@@ -13,7 +13,7 @@ does the I/O.  Envoy 1.40 semantics:
 - an attempt that ended without a response (a reset, a protocol error, a per-try
   timeout) is retried on ``5xx``, ``gateway-error`` and ``reset``; a failed connect also
   on ``connect-failure`` and ``reset-before-request``.  ``refused-stream`` is an
-  HTTP/2 condition: accepted, never true over HTTP/1.  The route timeout itself is
+  HTTP/2 condition (a stream the upstream refused).  The route timeout itself is
   never retried.
 """
 
@@ -30,6 +30,7 @@ GATEWAY_ERRORS = frozenset((502, 503, 504))
 GRPC_CONDITIONS = {"1": "cancelled", "4": "deadline-exceeded", "8": "resource-exhausted",
                    "13": "internal", "14": "unavailable"}
 RESET_CONDITIONS = frozenset(("5xx", "gateway-error", "reset"))
+REFUSED_CONDITIONS = RESET_CONDITIONS | {"refused-stream"}
 CONNECT_CONDITIONS = frozenset(("5xx", "gateway-error", "reset", "connect-failure",
                                 "reset-before-request"))
 
@@ -65,11 +66,14 @@ def retry_failure(policy: model.RetryPolicy, kind: str) -> bool:
     """Whether Envoy retries an attempt that ended without a response head.
 
     ``kind``: "connect" (the connection could not be made), "reset" (closed or
-    broken before the head), "per_try_timeout".
+    broken before the head), "refused" (an HTTP/2 stream the upstream refused),
+    "per_try_timeout".
     """
     on = policy.retry_on
     if kind == "connect":
         return not on.isdisjoint(CONNECT_CONDITIONS)
+    if kind == "refused":
+        return not on.isdisjoint(REFUSED_CONDITIONS)
     return not on.isdisjoint(RESET_CONDITIONS)
 
 
@@ -91,13 +95,16 @@ class BackOff:
         return min(self.random() % backoff, self.max_ms)
 
 
-def next_host(cluster: Any, policy: model.RetryPolicy, attempted: list[Any]) -> Any:
+def next_host(cluster: Any, policy: model.RetryPolicy, attempted: list[Any],
+              hash_key: int | None = None) -> Any:
     """The host for a retry: with the previous_hosts predicate, hosts already tried are
-    picked again only after host_selection_retry_max_attempts refusals (as Envoy)."""
-    host = cluster.choose_host()
+    picked again only after host_selection_retry_max_attempts refusals (as Envoy).
+    ``hash_key``: the route's hash, for RING_HASH / MAGLEV clusters (None otherwise)."""
+    host = cluster.choose_host(hash_key)
     if policy.previous_hosts:
-        for _ in range(policy.host_selection_retry_max_attempts):
+        for attempt in range(1, policy.host_selection_retry_max_attempts + 1):
             if host is None or host not in attempted:
                 break
-            host = cluster.choose_host()
+            # A consistent-hash balancer walks on from the hash (Envoy passes the attempt).
+            host = cluster.choose_host(hash_key, attempt)
     return host

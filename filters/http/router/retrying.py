@@ -20,13 +20,15 @@ if TYPE_CHECKING:
 
 async def forward_retrying(router: Router, request: Request, entry: RouteEntry, action: model.RouteAction,
                            policy: model.RetryPolicy, weighted: model.WeightedClusterEntry | None,
-                           cluster: Any, host: Any, sent: SentBody) -> Response:
+                           cluster: Any, host: Any, sent: SentBody,
+                           hash_key: int | None = None) -> Response:
     """Forward under a retry policy (route's, else virtual host's), as Envoy's router.
 
     Attempts go one after another; the route timeout spans them all, each one
     also bounded by per_try_timeout.  The request body is held in ``sent`` (up to the
     route's per_request_buffer_limit_bytes, else the listener's buffer limit)
     and replayed on each attempt; a body larger than that turns retries off.
+    ``hash_key`` is the route's hash_policy result: retries pick with it again.
     """
     loop = router.loop
     info = request.info
@@ -37,7 +39,9 @@ async def forward_retrying(router: Router, request: Request, entry: RouteEntry, 
     per_try = policy.per_try_timeout
     retries_left = policy.num_retries if policy.retry_on else 0
     original_headers = request.headers
-    race_replay = not retry.retry_failure(policy, "reset")
+    # The keep-alive race (HTTP/1) or a refused stream (HTTP/2) is resent by the exchange
+    # itself, unless this policy retries it.
+    race_replay = not retry.retry_failure(policy, "refused" if cluster.config.http2 else "reset")
     backoff: retry.BackOff | None = None
     attempted: list[Any] = []
     attempt = 0
@@ -88,8 +92,10 @@ async def forward_retrying(router: Router, request: Request, entry: RouteEntry, 
                 elif reply.flag == "UO":    # max_pending_requests: never sent, not retried
                     stats.upstream_rq_total -= 1
                     raise router.overflow(stats, reply) from None
+                elif reply.details.endswith("{remote_refused_stream_reset}"):
+                    kind = "refused"    # HTTP/2 REFUSED_STREAM
                 else:
-                    kind = "reset"      # UC, UPE: the attempt was reset before the head
+                    kind = "reset"      # UC, UPE, UR: the attempt was reset before the head
             finally:
                 stats.upstream_rq_active -= 1
                 host.active_requests -= 1
@@ -149,7 +155,7 @@ async def forward_retrying(router: Router, request: Request, entry: RouteEntry, 
                 raise late
             if delay:
                 await asyncio.sleep(delay)
-            host = retry.next_host(cluster, policy, attempted)
+            host = retry.next_host(cluster, policy, attempted, hash_key)
             if host is None:
                 stats.upstream_cx_none_healthy += 1
                 raise local_reply.no_healthy_upstream()

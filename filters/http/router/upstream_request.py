@@ -11,6 +11,7 @@ from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import Request
 from sidecar.upstream.http1 import UpstreamProtocolError, UpstreamTimeout
+from sidecar.upstream.http2 import UpstreamRefused, UpstreamReset
 
 # Request body bytes held for resending on a fresh connection (see Router.exchange)
 # when the route has no retry policy; with one, the retry buffer limit applies.
@@ -20,7 +21,7 @@ REPLAY_LIMIT = 64 * 1024
 class SentBody:
     """The request body written upstream so far, kept while it fits ``limit`` (for resending)."""
 
-    __slots__ = ("pieces", "size", "limit", "replayable", "finished", "written")
+    __slots__ = ("pieces", "size", "limit", "replayable", "finished", "written", "framed")
 
     def __init__(self, limit: int = REPLAY_LIMIT) -> None:
         self.pieces: list[bytes] = []
@@ -29,6 +30,7 @@ class SentBody:
         self.replayable = True
         self.finished = False      # the whole body has been written
         self.written = False       # data() was taken once: later pieces go straight out
+        self.framed = True         # pieces in HTTP/1 framing (else the bare body: HTTP/2)
 
     def add(self, piece: bytes) -> None:
         if not self.replayable:
@@ -53,14 +55,17 @@ class SentBody:
         return data
 
 
-def held_body(request: Request, limit: int) -> SentBody:
-    """The request body at hand (whatever has arrived), held for resending up to ``limit``."""
+def held_body(request: Request, limit: int, framed: bool = True) -> SentBody:
+    """The request body at hand (whatever has arrived), held for resending up to ``limit``;
+    in HTTP/1 chunked framing when the request is chunked and ``framed`` (an HTTP/2
+    upstream takes the bare data)."""
     sent = SentBody(limit)
+    sent.framed = framed
     body = request.body
     if body is None:
         sent.finished = True
         return sent
-    chunked = request.chunked
+    chunked = request.chunked and framed
     first = body.read_nowait()   # type: ignore[union-attr]
     if first:
         sent.add(encode_chunk(first) if chunked else first)
@@ -84,6 +89,10 @@ def reply_for(error: Exception) -> LocalReply:
         return local_reply.upstream_timeout()
     if isinstance(error, UpstreamProtocolError):
         return local_reply.upstream_protocol_error()
+    if isinstance(error, UpstreamRefused):
+        return local_reply.remote_reset(refused=True)
+    if isinstance(error, UpstreamReset):
+        return local_reply.remote_reset()
     return local_reply.connection_termination()
 
 

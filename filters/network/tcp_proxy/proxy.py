@@ -182,7 +182,11 @@ class TcpProxyDownstream(_Side):
             self.close()
             return
         self.cluster_stats = stats = cluster.stats
-        host = cluster.choose_host()
+        od = cluster.original_dst
+        # ORIGINAL_DST: the host is the connection's original destination (its local address
+        # as the original_dst listener filter restored it).
+        host = cluster.choose_host() if od is None else od.host_for(
+            self.transport.get_extra_info("sockname"))  # type: ignore[union-attr]
         if host is None:
             stats.upstream_cx_none_healthy += 1
             self.close()
@@ -196,18 +200,24 @@ class TcpProxyDownstream(_Side):
         cluster.connecting += 1
         try:
             async with asyncio.timeout(cluster.config.connect_timeout):
+                bind = cluster.config.upstream_bind_address
                 _, upstream = await ctx.loop.create_connection(
-                    lambda: TcpProxyUpstream(self), host.address, host.port)
+                    lambda: TcpProxyUpstream(self), host.address, host.port,
+                    local_addr=(bind, 0) if bind is not None else None)
         except (OSError, TimeoutError) as e:
             stats.upstream_cx_connect_fail += 1
             if isinstance(e, TimeoutError):
                 stats.upstream_cx_connect_timeout += 1
             log.debug("tcp_proxy %s: connect to %s failed: %r", ctx.config.stat_prefix, host.label, e)
+            if host.outlier is not None:      # outlier detection, as Envoy's tcp_proxy reports it
+                host.outlier.put_connect_result("UT" if isinstance(e, TimeoutError) else "UF")
             self.close()
             return
         finally:
             cluster.connecting -= 1
         stats.upstream_cx_active += 1
+        if host.outlier is not None:
+            host.outlier.put_connect_result("")
         if self.closed:
             upstream.transport.close()  # type: ignore[union-attr]
             return

@@ -1,0 +1,1 @@
+"""Listener filters: original_dst, http_inspector, tls_inspector (run before a filter chain is chosen)."""

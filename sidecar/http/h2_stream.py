@@ -1,0 +1,93 @@
+"""One HTTP/2 stream's state, and the request HEADERS block turned into the pieces of a
+``Request``: Envoy's header limits, pseudo headers, and h2's connection state machine as a
+server that outlives the client's GOAWAY needs it."""
+
+from __future__ import annotations
+
+import asyncio
+from typing import Any
+
+import h2.connection
+
+from sidecar.codec.events import Headers
+from sidecar.http.message import BodyStream, Request
+
+RawHeaders = list[tuple[bytes, bytes]]
+
+
+def header_limit(raw: RawHeaders, max_count: int, max_size: int) -> str:
+    """The http2.* stat of the limit the header list passes, or "" when within both.
+
+    Envoy's limits, whichever is passed first field by field (as nghttp2 decodes):
+    the count includes the pseudo headers; the size is HPACK's (name + value + 32
+    per field, RFC 9113 6.5.2).
+    """
+    size = count = 0
+    for name, value in raw:
+        size += len(name) + len(value) + 32
+        count += 1
+        if size > max_size:
+            return "header_list_size_too_large"
+        if count > max_count:
+            return "header_overflow"
+    return ""
+
+
+def split_headers(raw: RawHeaders) -> tuple[str, str, str, str, Headers, int | None, bool]:
+    """(method, path, authority, scheme, regular headers, content-length, expects 100-continue).
+
+    h2 validated the block (RFC 9113 8.2, 8.3) and joined the cookie fields.
+    """
+    method = path = authority = scheme = ""
+    content_length: int | None = None
+    expect_continue = False
+    headers: Headers = []
+    for name_b, value_b in raw:
+        name = name_b.decode("latin-1")
+        value = value_b.decode("latin-1")
+        if name[0] == ":":
+            if name == ":method":
+                method = value
+            elif name == ":path":
+                path = value
+            elif name == ":authority":
+                authority = value
+            elif name == ":scheme":
+                scheme = value
+            continue
+        if name == "content-length":
+            content_length = int(value) if value.isdigit() else None
+        elif name == "expect" and value.lower() == "100-continue":
+            expect_continue = True
+        headers.append((name, value))
+    return method, path, authority, scheme, headers, content_length, expect_continue
+
+
+class ServerStateMachine(h2.connection.H2ConnectionStateMachine):
+    """h2's connection state machine, except that the client's GOAWAY does not close it:
+    the streams the client opened are still answered (RFC 9113 6.8), and the frames
+    that follow the GOAWAY (acks, window updates) are still valid."""
+
+    def process_input(self, input_: Any) -> Any:
+        if input_ is h2.connection.ConnectionInputs.RECV_GOAWAY:
+            return []
+        return super().process_input(input_)
+
+
+class H2Stream:
+    """One stream's request, its body's flow-control state and its serving task."""
+
+    __slots__ = ("sid", "request", "body", "task", "unacked", "paused", "status", "done",
+                 "window_waiter", "started")
+
+    def __init__(self, sid: int, request: Request, body: BodyStream | None, started: float) -> None:
+        self.sid = sid
+        self.request = request
+        self.body = body
+        self.task: asyncio.Task[None] | None = None
+        self.unacked = 0              # DATA bytes received and not yet acknowledged
+        self.paused = False           # the body buffer is above its watermark
+        self.status = 0               # the response status once its HEADERS were sent
+        self.done = False
+        self.window_waiter: asyncio.Future[None] | None = None
+        self.started = started

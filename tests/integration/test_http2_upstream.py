@@ -126,12 +126,15 @@ class RefuseFirst:
         return H2Reply(200, chunks=[f"attempt {n}".encode()])
 
 
-def refused_config(port: int, retry_on: str | None) -> dict:
+def refused_config(port: int, retry_on: str | None, num_retries: int = 1) -> dict:
     route: dict = {"cluster": "h2"}
     if retry_on:
-        route["retry_policy"] = {"retry_on": retry_on, "num_retries": 1}
+        route["retry_policy"] = {"retry_on": retry_on, "num_retries": num_retries}
+    # A GOAWAY refuses every stream above its last one at once: allow that many retries.
+    breakers = {"thresholds": [{"max_retries": 100}]}
     return bootstrap([http_listener("web", [vhost([{"match": {"prefix": "/"}, "route": route}])])],
-                     [static_cluster("h2", port, typed_extension_protocol_options=HTTP2)])
+                     [static_cluster("h2", port, typed_extension_protocol_options=HTTP2,
+                                     circuit_breakers=breakers)])
 
 
 @pytest.mark.parametrize("kind", KINDS)
@@ -153,3 +156,32 @@ def test_refused_stream_is_resent_once_without_a_policy():
         r = request(proxy.ports["web"], "/refused")
         assert r.status == 200 and r.body == b"attempt 2"
         assert script.attempts["/refused"] == 2
+
+
+class GoawayEvery:
+    """Answers every request; every ``n``-th one also ends its connection with GOAWAY."""
+
+    def __init__(self, n: int) -> None:
+        self.n = n
+        self.count = 0
+
+    def __call__(self, r: H2Received) -> H2Reply:
+        self.count += 1
+        return H2Reply(200, chunks=[r.path.encode()], delay=0.01,
+                       goaway=self.count % self.n == 0)
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_goaway_under_traffic_loses_no_request_that_was_safe_to_retry(kind):
+    """Concurrent traffic while the upstream keeps sending GOAWAY: the streams it never
+    processed are retried (retry_on refused-stream), so every request succeeds."""
+    with H2Upstream(GoawayEvery(30), max_concurrent_streams=8) as up, \
+            ProxyProcess(refused_config(up.port, "refused-stream", num_retries=5),
+                         kind=kind) as proxy:
+        paths = [f"/load/{i}" for i in range(150)]
+        with concurrent.futures.ThreadPoolExecutor(12) as pool:
+            results = list(pool.map(lambda p: request(proxy.ports["web"], p), paths))
+        failed = [(p, r.status, r.body) for p, r in zip(paths, results) if r.status != 200]
+        assert failed == []
+        assert [r.body for r in results] == [p.encode() for p in paths]
+        assert up.connections >= 4          # the GOAWAYs really happened

@@ -327,10 +327,20 @@ class FilterChain:
 
 
 @dataclass(frozen=True, slots=True)
+class ListenerFilterPredicate:
+    """ListenerFilterChainMatchPredicate (a listener filter's filter_disabled)."""
+    kind: str                                   # "any" | "or" | "and" | "not" | "port"
+    children: tuple[ListenerFilterPredicate, ...] = ()
+    port_start: int = 0                         # destination_port_range [start, end)
+    port_end: int = 0
+
+
+@dataclass(frozen=True, slots=True)
 class ListenerFilter:
     """A listener filter: envoy.filters.listener.original_dst | http_inspector | tls_inspector."""
     kind: str                                   # "original_dst" | "http_inspector" | "tls_inspector"
     name: str = ""
+    disabled: ListenerFilterPredicate | None = None     # filter_disabled: skip it when true
 
 
 @dataclass(frozen=True, slots=True)

@@ -29,7 +29,7 @@ class ListenerMatchTranslator(TranslatorBase):
         out = []
         for i, f in enumerate(filters):
             p = f"{path}[{i}]"
-            self.only(f, p, ("name", "typed_config"))
+            self.only(f, p, ("name", "typed_config", "filter_disabled"))
             kind = LISTENER_FILTER_TYPES.get(f.typed_config.type_url)
             if kind is None:
                 # Envoy 1.40 looks listener filters up by type URL only.
@@ -45,8 +45,34 @@ class ListenerMatchTranslator(TranslatorBase):
                 self.only(msg, f"{p}.typed_config", ("initial_read_buffer_size",))
             else:
                 self.only(msg, f"{p}.typed_config", ())
-            out.append(model.ListenerFilter(kind, f.name))
+            disabled = (self.filter_predicate(f.filter_disabled, f"{p}.filter_disabled")
+                        if f.HasField("filter_disabled") else None)
+            out.append(model.ListenerFilter(kind, f.name, disabled))
         return tuple(out)
+
+    def filter_predicate(self, m: Message, path: str) -> model.ListenerFilterPredicate:
+        """A ListenerFilterChainMatchPredicate: or / and / not / any / destination_port_range."""
+        which = m.WhichOneof("rule")
+        if which in ("or_match", "and_match"):
+            rules = getattr(m, which).rules
+            if len(rules) < 2:
+                self.error(f"{path}.{which}.rules", "value must contain at least 2 item(s)")
+            return model.ListenerFilterPredicate("and" if which == "and_match" else "or", tuple(
+                self.filter_predicate(r, f"{path}.{which}.rules[{i}]") for i, r in enumerate(rules)))
+        if which == "not_match":
+            return model.ListenerFilterPredicate("not", (
+                self.filter_predicate(m.not_match, f"{path}.not_match"),))
+        if which == "any_match":
+            if not m.any_match:
+                self.error(f"{path}.any_match", "value must equal true")
+            return model.ListenerFilterPredicate("any")
+        if which == "destination_port_range":
+            r = m.destination_port_range
+            if r.end <= r.start:
+                self.error(f"{path}.destination_port_range", "end must be greater than start")
+            return model.ListenerFilterPredicate("port", port_start=r.start, port_end=r.end)
+        self.error(path, "a rule is required")
+        return model.ListenerFilterPredicate("any")
 
     def listener_extras(self, lst: Message, path: str, chains: list[model.FilterChain],
                         default: model.FilterChain | None) -> dict[str, Any]:

@@ -318,7 +318,7 @@ class ControlPlaneStats(Scope):
     LABEL = ""
 
 
-XdsScope = TypeVar("XdsScope", LdsStats, CdsStats, ControlPlaneStats)
+RootScope = TypeVar("RootScope", bound=Scope)
 
 
 class StatsStore:
@@ -331,9 +331,10 @@ class StatsStore:
         self.cluster: dict[str, ClusterStats] = {}
         self.server = ServerStats("")
         self.http2: Http2Stats | None = None      # http2.*, once an HTTP/2 connection came
-        # listener_manager.lds, cluster_manager.cds, control_plane: only once xDS is in use,
-        # as Envoy only has them then.
-        self.xds: dict[str, Scope] = {}
+        # Root-level scopes that exist only once something uses them, as in Envoy:
+        # listener_manager.lds, cluster_manager.cds, control_plane (xDS in use),
+        # tls_inspector, http_inspector (a listener has the filter).
+        self.roots: dict[str, Scope] = {}
 
     def http_scope(self, prefix: str) -> HttpStats:
         scope = self.http.get(prefix)
@@ -364,17 +365,18 @@ class StatsStore:
             scope = self.cluster[name] = ClusterStats(name)
         return scope
 
-    def xds_scope(self, kind: type[XdsScope]) -> XdsScope:
-        scope = self.xds.get(kind.DOTTED_PREFIX)
+    def root_scope(self, kind: type[RootScope]) -> RootScope:
+        """The root-level scope of this kind, created on first use."""
+        scope = self.roots.get(kind.DOTTED_PREFIX)
         if scope is None:
-            scope = self.xds[kind.DOTTED_PREFIX] = kind("")
+            scope = self.roots[kind.DOTTED_PREFIX] = kind("")
         return scope  # type: ignore[return-value]
 
     def scopes(self) -> Iterator[Scope]:
         yield self.server
         if self.http2 is not None:
             yield self.http2
-        yield from list(self.xds.values())
+        yield from list(self.roots.values())
         for group in (self.cluster, self.http, self.listener, self.tcp):
             for scope in list(group.values()):
                 yield scope

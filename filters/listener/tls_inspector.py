@@ -16,8 +16,14 @@ class ClientHello:
     alpn: tuple[str, ...] = ()
 
 
+# What inspect() answers when MAX_CLIENT_HELLO bytes arrived and the ClientHello is still not
+# whole: Envoy counts client_hello_too_large and closes the connection.
+TOO_LARGE = ClientHello()
+
+
 def inspect(data: bytes, eof: bool = False) -> tuple[bool, ClientHello | None]:
-    """(done, hello): hello is None when the bytes are not a TLS ClientHello."""
+    """(done, hello): hello is None when the bytes are not a TLS ClientHello (as BoringSSL
+    also says of one declaring more than 16 KiB), TOO_LARGE when Envoy would stop reading."""
     if len(data) < 5:
         if eof or (data and data[0] != 0x16) or (len(data) >= 2 and data[1] != 3):
             return True, None
@@ -27,26 +33,30 @@ def inspect(data: bytes, eof: bool = False) -> tuple[bool, ClientHello | None]:
     # The handshake message may span records; gather record payloads until it is whole.
     payload = b""
     pos = 0
-    while True:
-        if len(data) < pos + 5:
-            return (True, None) if eof else (False, None)
+    while len(data) >= pos + 5:
         if data[pos] != 0x16:
             return True, None
         length = struct.unpack_from("!H", data, pos + 3)[0]
-        if len(data) < pos + 5 + length:
-            if eof or pos + 5 + length > MAX_CLIENT_HELLO + 5:
-                return True, None
-            return False, None
-        payload += data[pos + 5:pos + 5 + length]
-        pos += 5 + length
+        part = data[pos + 5:pos + 5 + length]
+        payload += part
         if len(payload) >= 4:
             if payload[0] != 1:           # not a ClientHello
                 return True, None
-            need = 4 + int.from_bytes(payload[1:4], "big")
-            if need > MAX_CLIENT_HELLO:
+            size = int.from_bytes(payload[1:4], "big")
+            if size > MAX_CLIENT_HELLO:
                 return True, None
-            if len(payload) >= need:
-                return True, _parse(payload[4:need])
+            if len(payload) >= 4 + size:
+                # Envoy reads at most MAX_CLIENT_HELLO raw bytes (record headers included).
+                used = pos + 5 + 4 + size - (len(payload) - len(part))
+                if used > MAX_CLIENT_HELLO:
+                    return True, TOO_LARGE
+                return True, _parse(payload[4:4 + size])
+        if len(part) < length:
+            break
+        pos += 5 + length
+    if len(data) >= MAX_CLIENT_HELLO:
+        return True, TOO_LARGE
+    return (True, None) if eof else (False, None)
 
 
 def _parse(body: bytes) -> ClientHello | None:

@@ -25,6 +25,7 @@ from config import model
 from filters.listener import http_inspector, tls_inspector
 from filters.listener.original_dst import original_dst
 from sidecar.listener.chain_match import ConnectionFacts, ip_of, select_chain
+from sidecar.listener.inspector_stats import HttpInspectorStats, TlsInspectorStats
 from sidecar.stats import ListenerStats
 
 log = logging.getLogger(__name__)
@@ -62,15 +63,21 @@ class ListenerRuntime:
 
     def __init__(self, config: model.Listener, stats: ListenerStats,
                  makers: dict[int, Callable[[], asyncio.Protocol]],
-                 find_virtual: Callable[[str, int], ListenerRuntime | None]) -> None:
+                 find_virtual: Callable[[str, int], ListenerRuntime | None],
+                 store: Any = None) -> None:
         self.config = config
         self.stats = stats
         self.makers = makers                 # id(chain) -> its network filter's protocol maker
         self.find_virtual = find_virtual     # use_original_dst: the listener for an address
-        kinds = [f.kind for f in config.listener_filters]
-        self.original_dst = "original_dst" in kinds
+        filters = config.listener_filters
+        self.original_dst = next((f for f in filters if f.kind == "original_dst"), None)
         # The inspectors in configured order (they may need to wait for bytes).
-        self.inspectors = tuple(k for k in kinds if k in ("tls_inspector", "http_inspector"))
+        self.inspectors = tuple(f for f in filters if f.kind in ("tls_inspector", "http_inspector"))
+        kinds = {f.kind for f in filters}
+        self.tls_stats = (store.root_scope(TlsInspectorStats)
+                          if store is not None and "tls_inspector" in kinds else None)
+        self.http_stats = (store.root_scope(HttpInspectorStats)
+                           if store is not None and "http_inspector" in kinds else None)
 
     def choose(self, facts: ConnectionFacts) -> model.FilterChain | None:
         config = self.config
@@ -91,6 +98,7 @@ class AcceptStage(asyncio.Protocol):
         self.done = False
         self.restored: tuple[Any, ...] | None = None
         self.facts: ConnectionFacts | None = None
+        self.inspectors: tuple[str, ...] = ()  # the inspectors this connection runs
         self.step = 0                         # the inspector running
         self.pre_stats: ListenerStats | None = None
 
@@ -105,7 +113,8 @@ class AcceptStage(asyncio.Protocol):
             self.done = True
             t.close()
             return
-        if rt.original_dst:
+        od = rt.original_dst
+        if od is not None and not (od.disabled and disabled(od.disabled, local[1])):
             dst = original_dst(t.get_extra_info("socket"))
             if dst is not None:
                 self.restored = dst if ":" not in dst[0] else (dst[0], dst[1], 0, 0)
@@ -115,7 +124,10 @@ class AcceptStage(asyncio.Protocol):
                         self.runtime = rt = target     # its listener filters run too (as Envoy)
         dest = self.restored or local
         self.facts = ConnectionFacts(ip_of(dest[0]), dest[1], ip_of(peer[0]), peer[1])
-        if not rt.inspectors:
+        # filter_disabled is decided on the (restored) destination port, as Envoy.
+        self.inspectors = tuple(f.kind for f in rt.inspectors
+                                if not (f.disabled and disabled(f.disabled, dest[1])))
+        if not self.inspectors:
             self.finish()
             return
         self.pre_stats = rt.stats
@@ -145,25 +157,31 @@ class AcceptStage(asyncio.Protocol):
     # --- listener filters -------------------------------------------------------------
 
     def inspect(self) -> None:
-        rt = self.runtime
         facts = self.facts
         assert facts is not None
-        while self.step < len(rt.inspectors):
-            kind = rt.inspectors[self.step]
+        while self.step < len(self.inspectors):
+            kind = self.inspectors[self.step]
             if kind == "tls_inspector":
                 done, hello = tls_inspector.inspect(self.buffer, self.eof)
                 if not done:
+                    return
+                if hello is tls_inspector.TOO_LARGE:
+                    if self.runtime.tls_stats is not None:
+                        self.runtime.tls_stats.client_hello_too_large += 1
+                    self.close()
                     return
                 if hello is not None:
                     facts.transport_protocol = "tls"
                     facts.server_name = hello.server_name
                     facts.application_protocols = hello.alpn
+                count_tls(self.runtime.tls_stats, hello)
             elif facts.transport_protocol != "tls":       # http_inspector skips TLS
                 done, proto = http_inspector.inspect(self.buffer, self.eof)
                 if not done:
                     return
                 if proto:
                     facts.application_protocols = (proto,)
+                count_http(self.runtime.http_stats, proto)
             self.step += 1
         self.finish()
 
@@ -241,3 +259,43 @@ class AcceptStage(asyncio.Protocol):
             protocol.data_received(data)
         if self.eof and not transport.is_closing() and not protocol.eof_received():
             transport.close()
+
+
+def disabled(p: model.ListenerFilterPredicate, port: int) -> bool:
+    """Whether a filter_disabled predicate holds for a connection to ``port``."""
+    kind = p.kind
+    if kind == "port":
+        return p.port_start <= port < p.port_end
+    if kind == "any":
+        return True
+    if kind == "not":
+        return not disabled(p.children[0], port)
+    if kind == "and":
+        return all(disabled(c, port) for c in p.children)
+    return any(disabled(c, port) for c in p.children)
+
+
+def count_tls(stats: Any, hello: tls_inspector.ClientHello | None) -> None:
+    if stats is None:
+        return
+    if hello is None:
+        stats.tls_not_found += 1
+        return
+    stats.tls_found += 1
+    if hello.server_name:
+        stats.sni_found += 1
+    else:
+        stats.sni_not_found += 1
+    if hello.alpn:
+        stats.alpn_found += 1
+    else:
+        stats.alpn_not_found += 1
+
+
+_HTTP_FOUND = {"http/1.1": "http11_found", "http/1.0": "http10_found", "h2c": "http2_found"}
+
+
+def count_http(stats: Any, proto: str) -> None:
+    if stats is not None:
+        name = _HTTP_FOUND.get(proto, "http_not_found")
+        setattr(stats, name, getattr(stats, name) + 1)

@@ -113,7 +113,7 @@ class ListenerManager:
         self.access_logs = access_logs or AccessLogs()
         # Contexts of replaced or removed listeners whose connections are finishing.
         self.draining: list[Context] = []
-        # bind_to_port: false listeners by address, for use_original_dst hand-offs.
+        # Listeners by configured address, for use_original_dst hand-offs.
         self.virtual: dict[tuple[str, int], ActiveListener] = {}
 
     def make_context(self, config: model.Listener, route_config: model.RouteConfig | None = None,
@@ -133,15 +133,13 @@ class ListenerManager:
         return lambda: TcpProxyDownstream(context)
 
     def build(self, config: model.Listener, route_config: model.RouteConfig | None,
-              stats: ListenerStats) -> tuple[Context, list[Context], ListenerRuntime | None, Any]:
-        """The chains' contexts, the accept stage runtime (None: one chain, the fast path)
-        and the maker the listener's protocol factory calls."""
+              stats: ListenerStats) -> tuple[Context, list[Context], ListenerRuntime, Any]:
+        """The chains' contexts, the accept stage runtime and the maker the listener's
+        protocol factory calls (one plain chain: its network filter's, the fast path)."""
         context = self.make_context(config, route_config)
-        if not config.needs_accept_stage and config.bind_to_port:
-            return context, [context], None, self.connection_maker(context)
-        # (a bind_to_port: false listener takes connections handed over by use_original_dst)
         contexts = [context]
-        makers = {id(config.filter_chain): self.connection_maker(context)}
+        direct = self.connection_maker(context)
+        makers = {id(config.filter_chain): direct}
         others = list(config.filter_chains)
         if config.default_filter_chain is not None:
             others.append(config.default_filter_chain)
@@ -150,12 +148,18 @@ class ListenerManager:
                 ctx = self.make_context(config, route_config, chain)
                 contexts.append(ctx)
                 makers[id(chain)] = self.connection_maker(ctx)
-        runtime = ListenerRuntime(config, stats, makers, self.find_virtual)
+        # Every listener has a runtime: use_original_dst may hand it a connection.  Only
+        # those that need one run the accept stage on their own connections.
+        runtime = ListenerRuntime(config, stats, makers, self.find_virtual, self.stats)
+        if not config.needs_accept_stage:
+            return context, contexts, runtime, direct
         return context, contexts, runtime, lambda: AcceptStage(runtime)
 
     def find_virtual(self, ip: str, port: int) -> ListenerRuntime | None:
-        """use_original_dst: the bind_to_port false listener for ip:port, else one on
-        0.0.0.0:port (an IPv4 address) or [::]:port, as Envoy looks them up."""
+        """use_original_dst: the listener on ip:port, else the one on 0.0.0.0:port (an IPv4
+        address; or [::]:port with ipv4_compat) or [::]:port, as Envoy's
+        getBalancedHandlerByAddress looks them up (bound listeners and bind_to_port: false
+        ones alike)."""
         try:
             key = _addr_key(ip, port)
         except ValueError:
@@ -172,8 +176,7 @@ class ListenerManager:
 
     def _index(self) -> None:
         self.virtual = {_addr_key(a.config.address.address, a.config.address.port): a
-                        for a in self.listeners.values() if not a.config.bind_to_port
-                        and a.runtime is not None}
+                        for a in self.listeners.values() if a.runtime is not None}
 
     def listener_stats(self, config: model.Listener, bound: tuple[Any, ...] | None) -> ListenerStats:
         """listener.<stat_prefix or address>.*: Envoy names the address "10.0.0.1_80" and
@@ -198,7 +201,7 @@ class ListenerManager:
                 and config.bind_to_port:
             context, contexts, runtime, make = self.build(config, route_config, old.factory.stats)
             old.factory.make = make
-            old.factory.count = runtime is None
+            old.factory.count = not config.needs_accept_stage
             active = ActiveListener(config, context, old.server, old.socket, old.factory,
                                     contexts, runtime)
             active.bound, old.bound = old.bound, None
@@ -248,7 +251,7 @@ class ListenerManager:
         stats = self.listener_stats(config, bound)
         context, contexts, runtime, make = self.build(config, route_config, stats)
         if sock is not None and bound is not None:
-            factory = CountingProtocolFactory(make, stats, count=runtime is None)
+            factory = CountingProtocolFactory(make, stats, count=not config.needs_accept_stage)
             try:
                 server = await loop.create_server(factory, sock=sock, backlog=1024)
             except BaseException:

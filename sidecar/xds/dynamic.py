@@ -84,9 +84,9 @@ class DynamicConfig:
         (EDS: each cluster that takes the updated endpoints)."""
         stats = self.cluster_manager.stats
         if type_url == LISTENER:
-            scopes: list[Any] = [stats.xds_scope(LdsStats)]
+            scopes: list[Any] = [stats.root_scope(LdsStats)]
         elif type_url == CLUSTER:
-            scopes = [stats.xds_scope(CdsStats)]
+            scopes = [stats.root_scope(CdsStats)]
         elif type_url == ENDPOINT:
             clusters = [c.config for c in self.cluster_manager.clusters.values()]
             clusters += self.warming_clusters.values()

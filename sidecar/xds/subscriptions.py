@@ -81,7 +81,7 @@ class Subscriptions:
         client = XdsClient(self.target(service), self.node, service.delta, self.handler,
                            wildcard_types=(), per_type=per_type,
                            set_node_on_first_message_only=service.set_node_on_first_message_only,
-                           stats=self.stats.xds_scope(ControlPlaneStats) if per_type is None else None)
+                           stats=self.stats.root_scope(ControlPlaneStats) if per_type is None else None)
         client.start()
         return client
 

@@ -39,13 +39,22 @@ def tcp(cluster: str, stat_prefix: str | None = None, **match: Any) -> dict[str,
     return chain
 
 
-def http(stat_prefix: str, vhosts: list[dict[str, Any]], **match: Any) -> dict[str, Any]:
+ACCESS_LOG = "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog"
+LOG_FORMAT = "%DOWNSTREAM_LOCAL_ADDRESS% %UPSTREAM_HOST% %UPSTREAM_CLUSTER%\n"
+
+
+def http(stat_prefix: str, vhosts: list[dict[str, Any]], access_log: str | None = None,
+         **match: Any) -> dict[str, Any]:
+    hcm: dict[str, Any] = {
+        "@type": HCM, "stat_prefix": stat_prefix,
+        "route_config": {"name": stat_prefix, "virtual_hosts": vhosts},
+        "http_filters": [{"name": "envoy.filters.http.router", "typed_config": {"@type": ROUTER}}]}
+    if access_log:
+        hcm["access_log"] = [{"name": "envoy.access_loggers.file", "typed_config": {
+            "@type": ACCESS_LOG, "path": access_log,
+            "log_format": {"text_format_source": {"inline_string": LOG_FORMAT}}}}]
     chain: dict[str, Any] = {"filters": [{
-        "name": "envoy.filters.network.http_connection_manager", "typed_config": {
-            "@type": HCM, "stat_prefix": stat_prefix,
-            "route_config": {"name": stat_prefix, "virtual_hosts": vhosts},
-            "http_filters": [{"name": "envoy.filters.http.router",
-                              "typed_config": {"@type": ROUTER}}]}}]}
+        "name": "envoy.filters.network.http_connection_manager", "typed_config": hcm}]}
     if match:
         chain["filter_chain_match"] = match
     return chain
@@ -70,7 +79,7 @@ def original_dst(name: str, bind: str | None = None) -> dict[str, Any]:
     return out
 
 
-def mesh_bootstrap(remote: str) -> dict[str, Any]:
+def mesh_bootstrap(remote: str, access_log: str | None = None) -> dict[str, Any]:
     outbound = [tcp("BlackHoleCluster", destination_port=15001), tcp("PassthroughCluster")]
     listeners = [
         {"name": "virtualOutbound", "address": addr("0.0.0.0", 15001), "use_original_dst": True,
@@ -80,7 +89,7 @@ def mesh_bootstrap(remote: str) -> dict[str, Any]:
         {"name": "0.0.0.0_8080", "address": addr("0.0.0.0", 8080), "bind_to_port": False,
          "filter_chains": [http("outbound_0.0.0.0_8080", [
              vhost("a", ["a.svc"], "backend-a"), vhost("b", ["b.svc"], "backend-b"),
-             vhost("allow_any", ["*"], "PassthroughCluster")])]},
+             vhost("allow_any", ["*"], "PassthroughCluster")], access_log)]},
     ]
     # use_original_dst prefers the exact ip:port listener to the 0.0.0.0:port one.
     listeners += [
@@ -88,6 +97,9 @@ def mesh_bootstrap(remote: str) -> dict[str, Any]:
          "filter_chains": [tcp("remote-9000", "exact_9002")]},
         {"name": "0.0.0.0_9002", "address": addr("0.0.0.0", 9002), "bind_to_port": False,
          "filter_chains": [tcp("BlackHoleCluster", "wildcard_9002")]},
+        # a bound listener takes hand-offs too
+        {"name": "0.0.0.0_15010", "address": addr("0.0.0.0", 15010),
+         "filter_chains": [tcp("remote-9000", "bound_15010")]},
     ]
     # No blackhole chain here: only the sidecar's own-address guard stops a loop (sidecar only).
     listeners.append({"name": "unguarded", "address": addr("0.0.0.0", 15009),

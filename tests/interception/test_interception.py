@@ -67,12 +67,14 @@ def net() -> Iterator[NetnsPair]:
 def proxy(request: Any, net: NetnsPair, tmp_path_factory: Any) -> Iterator[Any]:
     tmp = tmp_path_factory.mktemp(request.param)
     path = tmp / "bootstrap.yaml"
-    path.write_text(yaml.safe_dump(mesh_bootstrap(net.remote_v4)))
+    path.write_text(yaml.safe_dump(mesh_bootstrap(net.remote_v4, str(tmp / "access.log"))))
     if request.param == "sidecar":
-        argv = [PY, "-m", "sidecar", "-c", str(path), "-l", "warning"]
+        argv = [PY, "-m", "sidecar", "-c", str(path), "-l", "warning",
+                "--file-flush-interval-msec", "100"]
     else:
         argv = [str(envoy_binary()), "-c", str(path), "-l", "error", "--concurrency", "1",
-                "--base-id", str(free_port()), "--disable-hot-restart"]
+                "--base-id", str(free_port()), "--disable-hot-restart",
+                "--file-flush-interval-msec", "100"]
     log = tmp / "proxy.log"
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
     proc = net.app.spawn(["sh", "-c", f'exec "$@" >>{log} 2>&1', "sh", *argv], group=PROXY_ID,
@@ -83,6 +85,7 @@ def proxy(request: Any, net: NetnsPair, tmp_path_factory: Any) -> Iterator[Any]:
             raise AssertionError(f"{request.param} not ready:\n{log.read_text(errors='replace')}")
         time.sleep(0.1)
     proc.kind = request.param  # type: ignore[attr-defined]
+    proc.access_log = tmp / "access.log"  # type: ignore[attr-defined]
     yield proc
     net.app.stop(proc)
     net.app.procs.remove(proc)
@@ -133,6 +136,9 @@ def test_the_exact_address_listener_wins_over_the_wildcard_one(net: NetnsPair, p
     s = stats(net)
     assert s["tcp.exact_9002.downstream_cx_total"] == 1
     assert s["tcp.wildcard_9002.downstream_cx_total"] == 0
+    # a listener bound on 0.0.0.0:15010 takes the redirected connections to any :15010 too
+    assert tcp(net.app, f"{net.remote_v4}:15010") == [f"remote from {net.app_v4}"]
+    assert stats(net)["tcp.bound_15010.downstream_cx_total"] == 1
 
 
 def test_outbound_http_is_routed_by_host(net: NetnsPair, proxy: Any) -> None:
@@ -146,6 +152,18 @@ def test_outbound_http_is_routed_by_host(net: NetnsPair, proxy: Any) -> None:
     assert s["cluster.backend-a.upstream_rq_total"] >= 1
     assert s["cluster.backend-b.upstream_rq_total"] >= 1
     assert s["http.outbound_0.0.0.0_8080.downstream_rq_total"] >= 3
+    # the access log's local address is the original destination the filter restored
+    r = net.remote_v4
+    wanted = [f"{r}:8080 {r}:8081 backend-a", f"{r}:8080 {r}:8082 backend-b",
+              f"{r}:8080 {r}:8080 PassthroughCluster"]
+    deadline = time.monotonic() + 5        # access logs are flushed every 100 ms
+    lines: list[str] = []
+    while time.monotonic() < deadline:
+        lines = proxy.access_log.read_text().splitlines() if proxy.access_log.exists() else []
+        if lines[-3:] == wanted:
+            break
+        time.sleep(0.1)
+    assert lines[-3:] == wanted
     # the connections were handed from 15001 to the 0.0.0.0:8080 listener, which counts them
     for name, added in (("listener.0.0.0.0_8080.downstream_cx_total", 3),
                         ("listener.0.0.0.0_15001.downstream_cx_total", 0)):

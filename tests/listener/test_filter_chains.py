@@ -45,11 +45,14 @@ def listener(name: str, port: int, chains: list[dict[str, Any]], host: str = "12
 
 
 def client_hello(sni: str, alpn: list[str]) -> bytes:
-    """A real ClientHello from Python's ssl, never completed."""
+    """A real ClientHello from Python's ssl, never completed ("" sni: none, no ALPN either)."""
     ctx = ssl.create_default_context()
-    ctx.set_alpn_protocols(alpn)
+    if not sni:
+        ctx.check_hostname = False
+    if alpn:
+        ctx.set_alpn_protocols(alpn)
     incoming, outgoing = ssl.MemoryBIO(), ssl.MemoryBIO()
-    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni)
+    obj = ctx.wrap_bio(incoming, outgoing, server_hostname=sni or None)
     with pytest.raises(ssl.SSLWantReadError):
         obj.do_handshake()
     return outgoing.read()
@@ -65,7 +68,15 @@ def servers():
 
 @pytest.fixture(scope="module", params=KINDS)
 def proxy(request, servers):
-    inspect, prefixes, nomatch, slow, strict = free_ports(5)
+    inspect, prefixes, nomatch, slow, strict, skip, keep = free_ports(7)
+
+    def http_inspector_disabled(rule: dict[str, Any]) -> dict[str, Any]:
+        return {**HTTP_INSPECTOR, "filter_disabled": rule}
+
+    def port_range(port: int) -> dict[str, Any]:
+        return {"destination_port_range": {"start": port, "end": port + 1}}
+
+    alpn_chains = [chain("http", application_protocols=["http/1.1"]), chain("raw")]
     listeners = [
         listener("inspect", inspect, [
             chain("tls_a", transport_protocol="tls", server_names=["a.example.com"]),
@@ -91,6 +102,10 @@ def proxy(request, servers):
                  continue_on_listener_filters_timeout=True),
         listener("strict", strict, [chain("raw")], listener_filters=[HTTP_INSPECTOR],
                  listener_filters_timeout="0.3s"),
+        listener("skip", skip, alpn_chains, listener_filters=[http_inspector_disabled(
+            {"or_match": {"rules": [port_range(1), port_range(skip)]}})]),
+        listener("keep", keep, alpn_chains, listener_filters=[http_inspector_disabled(
+            {"not_match": port_range(keep)})]),
     ]
     clusters = [static_cluster(tag, s.port) for tag, s in servers.items()]
     with ProxyProcess(bootstrap(listeners, clusters), kind=request.param) as p:
@@ -166,3 +181,50 @@ def test_peer_closing_during_inspection_closes_the_connection(proxy):
         time.sleep(0.05)
     assert proxy.stats().get(name) == 1
     assert proxy.stats()[f"listener.127.0.0.1_{port}.downstream_cx_total"] == 0
+
+
+def test_filter_disabled_skips_a_listener_filter(proxy):
+    request = b"GET / HTTP/1.1\r\nHost: x\r\n\r\n"
+    # disabled for this port: no ALPN is found, the raw chain takes the HTTP request
+    assert exchange("127.0.0.1", proxy.ports["skip"], request) == ("raw", request)
+    assert exchange("127.0.0.1", proxy.ports["keep"], request) == ("http", request)
+
+
+def test_inspector_stats(proxy):
+    def inspector_stats() -> dict[str, int]:
+        return {k: v for k, v in proxy.stats().items() if k.startswith(("tls_inspector.",
+                                                                        "http_inspector."))}
+    port = proxy.ports["inspect"]
+    before = inspector_stats()
+    for payload in (b"GET / HTTP/1.0\r\n\r\n", b"GET / HTTP/1.1\r\nHost: x\r\n\r\n",
+                    client_hello("a.example.com", ["h2"]), client_hello("", []), b"hello\n"):
+        assert exchange("127.0.0.1", port, payload)[1] == payload
+    after = inspector_stats()
+    assert set(after) == {f"tls_inspector.{n}" for n in (
+        "alpn_found", "alpn_not_found", "client_hello_too_large", "sni_found", "sni_not_found",
+        "tls_found", "tls_not_found")} | {f"http_inspector.{n}" for n in (
+        "http10_found", "http11_found", "http2_found", "http_not_found", "read_error")}
+    assert {k: after[k] - before[k] for k in after if after[k] != before[k]} == {
+        "tls_inspector.tls_found": 2, "tls_inspector.tls_not_found": 3,
+        "tls_inspector.sni_found": 1, "tls_inspector.sni_not_found": 1,
+        "tls_inspector.alpn_found": 1, "tls_inspector.alpn_not_found": 1,
+        "http_inspector.http10_found": 1, "http_inspector.http11_found": 1,
+        "http_inspector.http_not_found": 1}
+
+
+def test_client_hello_size_limits(proxy):
+    """As Envoy 1.40 (BoringSSL): a hello whose bytes pass 16 KiB before it is whole closes the
+    connection (client_hello_too_large); one declaring more than 16 KiB is not TLS at all."""
+    from tests.listener.test_inspectors import big_hello
+    before = proxy.stats()
+    port = proxy.ports["inspect"]
+    assert exchange("127.0.0.1", port, big_hello(16384)) == ("", b"")
+    big = big_hello(16385)
+    assert exchange("127.0.0.1", port, big) == ("raw", big)
+    deadline = time.monotonic() + 3
+    name = "tls_inspector.client_hello_too_large"
+    while proxy.stats()[name] != before[name] + 1 and time.monotonic() < deadline:
+        time.sleep(0.05)
+    after = proxy.stats()
+    assert after[name] == before[name] + 1
+    assert after["tls_inspector.tls_not_found"] == before["tls_inspector.tls_not_found"] + 1

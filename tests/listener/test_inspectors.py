@@ -69,3 +69,24 @@ def test_original_dst_of_a_socket_that_was_not_redirected():
             conn, _ = server.accept()
             with conn:
                 assert original_dst(conn) in (None, conn.getsockname())
+
+
+def big_hello(body_size: int) -> bytes:
+    """A well-formed ClientHello of ``body_size`` bytes (a padding extension), in 16000-byte
+    records."""
+    pad = body_size - 47
+    extensions = (21).to_bytes(2, "big") + pad.to_bytes(2, "big") + bytes(pad)
+    hello = (b"\x03\x03" + bytes(32) + b"\x00" + b"\x00\x02\x13\x01" + b"\x01\x00"
+             + len(extensions).to_bytes(2, "big") + extensions)
+    body = b"\x01" + len(hello).to_bytes(3, "big") + hello
+    return b"".join(b"\x16\x03\x01" + len(p).to_bytes(2, "big") + p
+                    for p in (body[i:i + 16000] for i in range(0, len(body), 16000)))
+
+
+def test_tls_inspector_limits_as_envoy():
+    # the raw bytes pass 16 KiB before the hello is whole: Envoy gives up (too large)
+    assert tls_inspector.inspect(big_hello(16384)) == (True, tls_inspector.TOO_LARGE)
+    # a hello declaring more than 16 KiB: BoringSSL calls it no ClientHello at all
+    assert tls_inspector.inspect(big_hello(16385)[:100]) == (True, None)
+    done, hello = tls_inspector.inspect(big_hello(15000))
+    assert done and hello is not None and hello is not tls_inspector.TOO_LARGE

@@ -88,6 +88,12 @@ def test_one_plain_chain_stays_on_the_fast_path():
     ({"filter_chains": [], "default_filter_chain": chain(destination_port=80)},
      f"{L0}.default_filter_chain.filter_chain_match: the default filter chain takes no"),
     ({"transparent": True}, f"{L0}.transparent: not supported"),
+    ({"listener_filters": [{"name": "h", "typed_config": {"@type": LF + "http_inspector.v3.HttpInspector"},
+                            "filter_disabled": {"or_match": {"rules": [{"any_match": True}]}}}]},
+     f"{L0}.listener_filters[0].filter_disabled.or_match.rules: value must contain at least 2"),
+    ({"listener_filters": [{"name": "h", "typed_config": {"@type": LF + "http_inspector.v3.HttpInspector"},
+                            "filter_disabled": {"destination_port_range": {"start": 80, "end": 80}}}]},
+     f"{L0}.listener_filters[0].filter_disabled.destination_port_range: end must be greater"),
 ])
 def test_listener_rejections(listener, error):
     assert any(e.startswith(error) for e in errors_of(config(listener))), errors_of(config(listener))

@@ -8,23 +8,15 @@ from typing import Any
 
 from config import model
 from sidecar.listener import own_addresses
+from sidecar.stats import ClusterStats
+from sidecar.upstream.pool import Http1Pool
 from sidecar.upstream.original_dst import OriginalDstHosts, parse_host_port
 
 
-class FakePool:
-    def __init__(self) -> None:
-        self.busy: list[Any] = []
-        self.idle: list[Any] = []
-        self.closed = False
-
-    def close(self) -> None:
-        self.closed = True
-
-
 def cluster() -> Any:
-    stats = SimpleNamespace(membership_total=0, membership_healthy=0)
-    return SimpleNamespace(name="od", stats=stats, pools={}, hosts=[],
-                           new_pool=lambda host: FakePool())
+    stats = ClusterStats("od")
+    return SimpleNamespace(name="od", stats=stats, pools={}, hosts=[], new_pool=lambda host: Http1Pool(
+        host.address, host.port, stats, lambda: None, 1.0, None, 0, 65536))
 
 
 def request(headers: list[tuple[str, str]], local: tuple[str, int] | None) -> Any:
@@ -71,7 +63,7 @@ def test_cleanup_keeps_used_hosts_and_hosts_with_pooled_connections():
         hosts.key_for(("10.0.0.1", port))
     hosts.cleanup()                                    # all used in this interval: kept
     assert c.stats.membership_total == 3
-    c.pools[("10.0.0.1", 2)].idle.append(object())     # a warm connection keeps its host
+    c.pools[("10.0.0.1", 2)].busy.add(object())        # a connection keeps its host
     hosts.key_for(("10.0.0.1", 3))                     # picked again: kept
     gone = c.pools[("10.0.0.1", 1)]
     hosts.cleanup()

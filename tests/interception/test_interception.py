@@ -1,8 +1,8 @@
 """Transparent interception end to end: proxy-init's real rules, the real proxy, real traffic.
 
 In namespaces this test creates: "app" runs proxy-init (excluding outbound port 9001 and the
-CIDR 10.77.0.3/32), the proxy (GID 1337: proxy-init exempts the proxy's UID and GID, and the
-test venv may be unreadable to UID 1337) on tests/interception/mesh_config.py, and app servers
+CIDR 10.77.0.3/32), the proxy (as UID 1337 when that user can run the venv's Python, as in
+CI; else as GID 1337, which proxy-init exempts too) on tests/interception/mesh_config.py, and app servers
 (TCP 7000 and HTTP 7080, both families); "remote" runs servers (TCP 9000 / 9001 on 10.77.0.2, fd77::2 and
 10.77.0.3; HTTP 8080 "web", 8081 "backend-a", 8082 "backend-b").  Every server answers
 "NAME from PEER".  Side by side with Envoy on the same bootstrap; the proxy's stats prove what
@@ -12,8 +12,10 @@ went through it.
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import sys
+import tempfile
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -63,9 +65,24 @@ def net() -> Iterator[NetnsPair]:
         yield pair
 
 
+def proxy_identity(argv0: str) -> dict[str, int]:
+    """Run the proxy as UID 1337, as a pod runs it, when that user can run ``argv0`` (a
+    venv of the system Python, as in CI); else as GID 1337 (proxy-init exempts both), for a
+    venv that UID 1337 cannot execute (e.g. one under /root)."""
+    check = subprocess.run(["setpriv", f"--reuid={PROXY_ID}", f"--regid={PROXY_ID}",
+                            "--clear-groups", "sh", "-c", 'exec "$@"', "sh", argv0, "-c",
+                            "import sys, uvloop; print(sys.prefix)"],
+                           capture_output=True, text=True, timeout=30,
+                           env={"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)})
+    usable = check.returncode == 0 and check.stdout.strip() == sys.prefix
+    return {"user": PROXY_ID, "group": PROXY_ID} if usable else {"group": PROXY_ID}
+
+
 @pytest.fixture(scope="module", params=KINDS)
-def proxy(request: Any, net: NetnsPair, tmp_path_factory: Any) -> Iterator[Any]:
-    tmp = tmp_path_factory.mktemp(request.param)
+def proxy(request: Any, net: NetnsPair) -> Iterator[Any]:
+    # A directory UID 1337 can use (pytest's own temporary directories are root's alone).
+    tmp = Path(tempfile.mkdtemp(prefix=f"interception-{request.param}-"))
+    tmp.chmod(0o777)
     path = tmp / "bootstrap.yaml"
     path.write_text(yaml.safe_dump(mesh_bootstrap(net.remote_v4, str(tmp / "access.log"))))
     if request.param == "sidecar":
@@ -77,8 +94,8 @@ def proxy(request: Any, net: NetnsPair, tmp_path_factory: Any) -> Iterator[Any]:
                 "--file-flush-interval-msec", "100"]
     log = tmp / "proxy.log"
     env = {"PATH": "/usr/bin:/bin", "PYTHONPATH": str(REPO)}
-    proc = net.app.spawn(["sh", "-c", f'exec "$@" >>{log} 2>&1', "sh", *argv], group=PROXY_ID,
-                         env=env, cwd=str(tmp))
+    proc = net.app.spawn(["sh", "-c", f'exec "$@" >>{log} 2>&1', "sh", *argv],
+                         **proxy_identity(argv[0]), env=env, cwd=str(tmp))
     deadline = time.monotonic() + 20
     while admin(net, "/ready")[0] != 200:
         if time.monotonic() > deadline or proc.poll() is not None:
@@ -89,6 +106,7 @@ def proxy(request: Any, net: NetnsPair, tmp_path_factory: Any) -> Iterator[Any]:
     yield proc
     net.app.stop(proc)
     net.app.procs.remove(proc)
+    shutil.rmtree(tmp, ignore_errors=True)
 
 
 def admin(net: NetnsPair, path: str) -> tuple[int, str]:

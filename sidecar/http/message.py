@@ -142,7 +142,7 @@ class Request:
 
     __slots__ = ("method", "path", "authority", "scheme", "headers", "body", "version",
                  "keep_alive", "content_length", "chunked", "expect_continue",
-                 "route", "upstream_pick", "info")
+                 "route", "cluster_pick", "upstream_pick", "info")
 
     def __init__(self, method: str, path: str, authority: str, scheme: str, headers: Headers,
                  body: BodyStream | None, version: str = "1.1", keep_alive: bool = True,
@@ -160,6 +160,7 @@ class Request:
         self.chunked = chunked
         self.expect_continue = expect_continue
         self.route: Any = None            # the RouteEntry the connection manager selected
+        self.cluster_pick: Any = None     # (cluster, weighted entry): route_table.route_cluster
         self.upstream_pick: Any = None    # (cluster, weighted entry, host) the router chose early
         self.info = info if info is not None else StreamInfo()
 

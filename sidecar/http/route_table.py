@@ -6,6 +6,8 @@ lists, so the per-request cost is a few string operations.
 
 from __future__ import annotations
 
+import random
+
 from typing import Any
 
 from config import model
@@ -131,6 +133,32 @@ def query_match(matchers: tuple[model.QueryParameterMatcher, ...], path: str) ->
         if m.string is not None and not m.string.match(value):
             return False
     return True
+
+
+def route_cluster(request: Any, action: model.RouteAction
+                  ) -> tuple[str, model.WeightedClusterEntry | None]:
+    """The cluster ``action`` sends the request to, and its weighted_clusters entry.
+
+    A weighted pick is a uniform draw over total_weight, as Envoy's, made once per
+    request: a filter asking before the router (the fault filter's upstream_cluster)
+    sees the cluster the router will use."""
+    pick = request.cluster_pick
+    if pick is not None:
+        return pick      # type: ignore[no-any-return]
+    if action.cluster:
+        pick = (action.cluster, None)
+    elif action.cluster_header:
+        pick = (request.header(action.cluster_header) or "", None)
+    else:
+        draw = random.randrange(action.total_weight)
+        pick = (action.weighted_clusters[-1].name, action.weighted_clusters[-1])
+        for weighted in action.weighted_clusters:
+            draw -= weighted.weight
+            if draw < 0:
+                pick = (weighted.name, weighted)
+                break
+    request.cluster_pick = pick
+    return pick
 
 
 class RouteEntry:

@@ -89,7 +89,6 @@ def test_runtime_keys_and_downstream_cluster_stats_switch_are_accepted():
 
 
 @pytest.mark.parametrize("fields,error", [
-    ({"upstream_cluster": "up"}, f"{TYPED}.upstream_cluster: {UNSUPPORTED}"),
     ({"response_rate_limit": {"fixed_limit": {"limit_kbps": 1}}},
      f"{TYPED}.response_rate_limit: {UNSUPPORTED}"),
     ({"filter_metadata": {"k": "v"}}, f"{TYPED}.filter_metadata: {UNSUPPORTED}"),
@@ -190,8 +189,8 @@ def test_optional_per_filter_config_of_an_unknown_filter_is_skipped_with_a_warni
      "configuration for x filter"),
     ({"@type": FILTER_CONFIG, "config": {}},
      f"{ROUTE0}.typed_per_filter_config[x].config: enabling a filter per route"),
-    ({"@type": FAULT, "upstream_cluster": "up"},
-     f"{ROUTE0}.typed_per_filter_config[x].upstream_cluster: {UNSUPPORTED}"),
+    ({"@type": FAULT, "filter_metadata": {"k": "v"}},
+     f"{ROUTE0}.typed_per_filter_config[x].filter_metadata: {UNSUPPORTED}"),
     ({"@type": FILTER_CONFIG, "config": {"@type": FAULT, "abort": {"http_status": 100}}},
      f"{ROUTE0}.typed_per_filter_config[x].config.abort.http_status: value must be inside range"),
 ])
@@ -223,8 +222,9 @@ def test_rds_route_configuration_carries_per_filter_config():
     assert name == FAULT_NAME and config.abort.http_status == 502
     bad = parse_message({"name": "rds", "virtual_hosts": [vhost(
         [{"match": {"prefix": "/"}, "route": {"cluster": "up"}}],
-        typed_per_filter_config={FAULT_NAME: fault(upstream_cluster="x")})]}, RouteConfiguration)
+        typed_per_filter_config={FAULT_NAME: fault(filter_metadata={"k": "v"})})]},
+        RouteConfiguration)
     packed.Pack(bad)
     with pytest.raises(ValueError, match=r"virtual_hosts\[0\]\.typed_per_filter_config\["
-                                         r"envoy\.filters\.http\.fault\]\.upstream_cluster"):
+                                         r"envoy\.filters\.http\.fault\]\.filter_metadata"):
         translate_resource(ROUTE, "rds", packed)

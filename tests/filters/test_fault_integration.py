@@ -48,7 +48,7 @@ def per_route_vhosts() -> list[dict]:
 
 def fault_config(port: int, logs: Path) -> dict:
     percent = {"numerator": 100}
-    return fault_bootstrap(
+    return with_second_cluster(fault_bootstrap(
         fault_listener("abort", abort(503), access_log=str(logs / "abort.log")),
         fault_listener("zero", abort(503, numerator=0)),
         fault_listener("delay", fault(delay={"fixed_delay": f"{DELAY}s", "percentage": percent}),
@@ -68,7 +68,22 @@ def fault_config(port: int, logs: Path) -> dict:
             {"match": {"prefix": "/extension-name"}, "route": {"cluster": "up"},
              "typed_per_filter_config": {FAULT_NAME: abort(501)}},
             {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]),
-        port=port)
+        fault_listener("upstream", abort(503, upstream_cluster="up"), routes=[
+            {"match": {"prefix": "/other"}, "route": {"cluster": "up2"}},
+            {"match": {"prefix": "/split"}, "route": {"weighted_clusters": {"clusters": [
+                {"name": "up", "weight": 1},
+                {"name": "up2", "weight": 1, "request_headers_to_add": [
+                    {"header": {"key": "x-cluster", "value": "up2"}}]}]}}},
+            {"match": {"prefix": "/"}, "route": {"cluster": "up"}}]),
+        port=port))
+
+
+def with_second_cluster(config: dict) -> dict:
+    """The fault bootstrap plus a cluster ``up2`` on the same upstream."""
+    clusters = config["static_resources"]["clusters"]
+    clusters.append({**clusters[0], "name": "up2", "load_assignment": {
+        **clusters[0]["load_assignment"], "cluster_name": "up2"}})
+    return config
 
 
 @pytest.fixture(scope="module", params=KINDS)
@@ -260,3 +275,23 @@ def test_per_route_config_is_found_by_the_filters_name_in_the_chain(proxy):
     assert get(proxy, "named", "/mine").status == 504
     assert get(proxy, "named", "/extension-name").status == 200
     assert get(proxy, "named", "/other").status == 200
+
+
+def test_upstream_cluster_limits_the_fault_to_requests_routed_there(proxy):
+    """upstream_cluster: "up" aborts what goes to up, never what goes to up2; with weighted
+    clusters the fault sees the cluster the router then uses (up2 requests carry x-cluster)."""
+    port = proxy.ports["upstream"]
+    assert request(port, "/direct").status == 503
+    assert request(port, "/other").status == 200
+    statuses = []
+    for i in range(40):
+        path = f"/split/{i}"
+        r = request(port, path)
+        statuses.append(r.status)
+        if r.status == 200:
+            seen = next(q for q in proxy.upstream.requests if q.target == path)
+            assert seen.header("x-cluster") == "up2", "a request to up was not aborted"
+        else:
+            assert r.status == 503 and r.body == BODY
+            assert not any(q.target == path for q in proxy.upstream.requests)
+    assert 200 in statuses and 503 in statuses

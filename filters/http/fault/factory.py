@@ -46,6 +46,7 @@ class FaultConfig:
     headers: tuple[model.HeaderMatcher, ...] = ()    # all must match for a fault
     downstream_nodes: frozenset[str] = frozenset()    # x-envoy-downstream-service-node values
     max_active_faults: int | None = None              # None: unlimited
+    upstream_cluster: str = ""                        # only requests routed to this cluster
 
 
 class FaultFactory(FilterFactory[FaultConfig]):
@@ -58,7 +59,7 @@ class FaultFactory(FilterFactory[FaultConfig]):
         # The route translator's checks and header matchers, so errors read as elsewhere.
         t = RouteTranslator(lambda name, type_url: None)
         t.only(message, path, ("delay", "abort", "headers", "downstream_nodes",
-                               "max_active_faults", "disable_downstream_cluster_stats",
+                               "max_active_faults", "upstream_cluster", "disable_downstream_cluster_stats",
                                *RUNTIME_KEYS))
         delay = self.delay(t, message, path) if message.HasField("delay") else None
         abort = self.abort(t, message, path) if message.HasField("abort") else None
@@ -70,7 +71,7 @@ class FaultFactory(FilterFactory[FaultConfig]):
                       else None)
         return FaultConfig(delay=delay, abort=abort, headers=headers,
                            downstream_nodes=frozenset(message.downstream_nodes),
-                           max_active_faults=max_active)
+                           max_active_faults=max_active, upstream_cluster=message.upstream_cluster)
 
     @staticmethod
     def percent(t: RouteTranslator, msg: Message, path: str) -> Percent:

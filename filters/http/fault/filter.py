@@ -15,10 +15,11 @@ import asyncio
 import random
 from collections.abc import Callable
 
+from config import model
 from filters.api import Handler, LocalReply, Request, Response, request_config
 from filters.http.common import Percent
 from filters.http.fault.factory import AbortFault, DelayFault, FaultConfig
-from sidecar.http.route_table import headers_match
+from sidecar.http.route_table import headers_match, route_cluster
 from sidecar.stats import FaultStats
 
 DELAY_HEADER = "x-envoy-fault-delay-request"
@@ -83,6 +84,12 @@ class FaultFilter:
         nodes = settings.downstream_nodes
         if nodes and request.header(NODE_HEADER) not in nodes:
             return False
+        if settings.upstream_cluster:
+            entry = request.route
+            if entry is None or type(entry.action) is not model.RouteAction:
+                return False
+            if route_cluster(request, entry.action)[0] != settings.upstream_cluster:
+                return False
         return not settings.headers or headers_match(
             settings.headers, request.headers, request.authority, request.method, request.path,
             request.scheme)

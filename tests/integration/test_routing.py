@@ -61,6 +61,8 @@ def routing_config(a_port: int, b_port: int) -> dict:
         {"match": {"prefix": "/q"}, **direct("query-miss")},
         {"match": {"prefix": "/weighted"}, "route": {"weighted_clusters": {"clusters": [
             {"name": "a", "weight": 50}, {"name": "b", "weight": 50}]}}},
+        {"match": {"prefix": "/split"}, "route": {"weighted_clusters": {"total_weight": 10, "clusters": [
+            {"name": "a", "weight": 8}, {"name": "b", "weight": 2}]}}},
         {"match": {"prefix": "/rewrite/"}, "route": {"cluster": "a", "prefix_rewrite": "/new/"}},
         {"match": {"prefix": "/regexrw/"}, "route": {"cluster": "a", "regex_rewrite": {
             "pattern": {"regex": "^/regexrw/(\\w+)$"}, "substitution": "/rw/\\1"}}},
@@ -210,6 +212,13 @@ def test_forwarded_request_carries_envoy_headers(proxy):
 def test_weighted_clusters_reach_both(proxy):
     seen = Counter(get(proxy, "/weighted").json()["upstream"] for _ in range(60))
     assert set(seen) == {"a", "b"}
+
+
+def test_weighted_clusters_split_by_weight(proxy):
+    """80/20 over total_weight 10: 500 requests land within 5 standard deviations (the
+    binomial's: sqrt(500 x 0.8 x 0.2) ~ 9) of 400 on a, as with Envoy."""
+    seen = Counter(get(proxy, "/split").json()["upstream"] for _ in range(500))
+    assert set(seen) == {"a", "b"} and abs(seen["a"] - 400) <= 45, seen
 
 
 def test_prefix_and_regex_rewrite(proxy):

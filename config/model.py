@@ -445,8 +445,7 @@ class Cluster:
     locality_weighted_lb: bool = False          # common_lb_config.locality_weighted_lb_config
     eds_service_name: str = ""                  # EDS: the ClusterLoadAssignment to ask for
     eds_config_source: ConfigSource | None = None
-    http2: bool = False                         # the upstream speaks HTTP/2 (http2_options set)
-    http2_options: UpstreamHttp2 | None = None
+    http2_options: UpstreamHttp2 | None = None  # set: the upstream speaks HTTP/2
     # circuit_breakers.thresholds, priority DEFAULT (Envoy's defaults when unset)
     max_connections: int = 1024
     max_pending_requests: int = 1024
@@ -459,6 +458,11 @@ class Cluster:
     health_check: HealthCheck | None = None     # health_checks[0]; None: no active health checks
     original_dst: OriginalDst | None = None     # type ORIGINAL_DST (sidecar/upstream/original_dst.py)
     upstream_bind_address: str | None = None    # upstream_bind_config.source_address (port 0)
+
+    @property
+    def http2(self) -> bool:
+        """The upstream speaks HTTP/2 (explicit_http_config.http2_protocol_options)."""
+        return self.http2_options is not None
 
 
 @dataclass(frozen=True, slots=True)

@@ -92,7 +92,7 @@ class ClusterTranslator(TranslatorBase):
                               if c.HasField("dns_refresh_rate") else 5.0),
             dns_lookup_family=family, healthy_panic_threshold=panic,
             locality_weighted_lb=locality_weighted,
-            eds_service_name=eds_service_name, eds_config_source=eds_source, http2=http2 is not None, http2_options=http2,
+            eds_service_name=eds_service_name, eds_config_source=eds_source, http2_options=http2,
             outlier_detection=outlier, health_check=health_checks(self, c, path), **breakers,
             **hashing, **original_dst_fields(self, c, path, ctype, lb))
 

@@ -149,6 +149,8 @@ class RouteAction:
     max_stream_duration: float | None = None
     grpc_timeout_header_max: float | None = None
     grpc_timeout_header_offset: float = 0.0
+    # upgrade_configs: (lower-case upgrade type, enabled), overriding the connection manager's
+    upgrade_configs: tuple[tuple[str, bool], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)
@@ -294,6 +296,8 @@ class HttpConnectionManager:
     suppress_envoy_headers: bool = False        # from the router filter's config
     access_logs: tuple[AccessLog, ...] = ()
     http2: Http2ProtocolOptions = Http2ProtocolOptions()
+    # upgrade_configs: (lower-case upgrade type, enabled); a route may override "enabled"
+    upgrade_configs: tuple[tuple[str, bool], ...] = ()
 
 
 @dataclass(frozen=True, slots=True)

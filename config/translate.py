@@ -197,7 +197,7 @@ class Translator(RouteTranslator, ClusterTranslator, Http2OptionsTranslator, Lis
             "preserve_external_request_id", "server_name", "server_header_transformation",
             "max_request_headers_kb", "stream_idle_timeout", "request_timeout",
             "request_headers_timeout", "drain_timeout", "common_http_protocol_options",
-            "http_protocol_options", "access_log", "http2_protocol_options"))
+            "http_protocol_options", "access_log", "http2_protocol_options", "upgrade_configs"))
         codec = {0: "AUTO", 1: "HTTP1", 2: "HTTP2"}.get(hcm.codec_type)
         if codec is None:
             self.error(f"{path}.codec_type", "only AUTO, HTTP1 and HTTP2 are supported yet")
@@ -254,7 +254,10 @@ class Translator(RouteTranslator, ClusterTranslator, Http2OptionsTranslator, Lis
             max_requests_per_connection=wrapped(common, "max_requests_per_connection", 0),
             suppress_envoy_headers=suppress,
             access_logs=tuple(each(hcm.access_log, f"{path}.access_log", self.access_log)),
-            http2=http2)
+            http2=http2,
+            upgrade_configs=tuple(each(hcm.upgrade_configs, f"{path}.upgrade_configs",
+                                       self.upgrade_config)))
+
 
     def access_log(self, entry: Message, path: str) -> model.AccessLog | None:
         """envoy.access_loggers.file / stdout / stderr with Envoy's text formats."""

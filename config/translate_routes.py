@@ -184,7 +184,8 @@ class RouteTranslator(TranslatorBase):
         self.only(a, path, ("cluster", "cluster_header", "weighted_clusters",
                             "cluster_not_found_response_code", "prefix_rewrite", "regex_rewrite",
                             "host_rewrite_literal", "auto_host_rewrite", "timeout", "retry_policy",
-                            "request_mirror_policies", "max_stream_duration", "hash_policy"))
+                            "request_mirror_policies", "max_stream_duration", "hash_policy",
+                            "upgrade_configs"))
         spec = a.WhichOneof("cluster_specifier")
         if spec not in ("cluster", "cluster_header", "weighted_clusters"):
             self.error(path, "one of cluster, cluster_header or weighted_clusters is required")
@@ -229,7 +230,21 @@ class RouteTranslator(TranslatorBase):
             hash_policy=hash_policies(self, a, path),
             mirror_policies=tuple(self.mirror_policy(m, f"{path}.request_mirror_policies[{i}]")
                                   for i, m in enumerate(a.request_mirror_policies)),
+            upgrade_configs=tuple(each(a.upgrade_configs, f"{path}.upgrade_configs",
+                                       self.upgrade_config)),
             **self.max_stream_duration(a, path))
+
+    def upgrade_config(self, u: Message, path: str) -> tuple[str, bool] | None:
+        """One upgrade_configs entry (HCM or route): (lower-case upgrade type, enabled)."""
+        self.only(u, path, ("upgrade_type", "enabled"))
+        kind = u.upgrade_type.lower()
+        if not kind:
+            self.error(f"{path}.upgrade_type", "value length must be at least 1 characters")
+            return None
+        if kind == "connect":
+            self.error(f"{path}.upgrade_type", "CONNECT is not supported yet")
+            return None
+        return kind, wrapped(u, "enabled", True)
 
     def max_stream_duration(self, a: Message, path: str) -> dict[str, Any]:
         """RouteAction.max_stream_duration as RouteAction fields."""

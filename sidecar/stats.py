@@ -81,9 +81,10 @@ class HttpStats(Scope):
                 "downstream_rq_rx_reset", "downstream_rq_tx_reset", "downstream_rq_timeout",
                 "downstream_rq_non_relative_path", "downstream_rq_too_large",
                 "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total",
-                "no_route", "no_cluster", "rq_direct_response", "rq_redirect")
+                "no_route", "no_cluster", "rq_direct_response", "rq_redirect",
+                "downstream_cx_upgrades_total", "downstream_rq_idle_timeout")
     GAUGES = ("downstream_cx_active", "downstream_cx_http1_active", "downstream_rq_active",
-              "downstream_cx_http2_active")
+              "downstream_cx_http2_active", "downstream_cx_upgrades_active")
     __slots__ = COUNTERS + GAUGES + ("filters",)
     PROM_PREFIX = "envoy_http_"
     DOTTED_PREFIX = "http."

@@ -47,6 +47,13 @@ class _Parser:
         self._conn: h11.Connection | None = None    # set while a body is being read
         self._state = _OPEN
         self._error: ParseError | None = None
+        self._tunnel = b""            # bytes after the head that switched protocols
+
+    def take_tunnel_bytes(self) -> bytes:
+        """The bytes that followed an Upgrade request's (or a 101 response's) head in the
+        read that completed it: the first bytes of the tunnel, not HTTP/1.  Once."""
+        data, self._tunnel = self._tunnel, b""
+        return data
 
     def _fail(self, status: int = 400, details: str = CODEC_ERROR) -> ParseError:
         error = bad_response() if self._response else ParseError(status, details)
@@ -281,6 +288,9 @@ class RequestParser(_Parser):
             # and closes); the head ends the message only when it announced no body.
             if not (chunked or length):
                 events.append(EndOfMessage())
+                if upgrade and method != "CONNECT":
+                    self._tunnel = bytes(self._buf)
+            self._buf.clear()
             self._state = _IGNORE
             return
         self._conn = conn
@@ -399,6 +409,8 @@ class ResponseParser(_Parser):
             events.append(EndOfMessage())
             if status == 101 or method == "CONNECT":
                 self._state = _IGNORE          # the connection is now a tunnel
+                if status == 101:
+                    self._tunnel = conn.trailing_data[0]
                 return
             self._finish(conn.trailing_data[0])
             return

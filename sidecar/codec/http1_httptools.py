@@ -74,7 +74,7 @@ class _Parser:
     """What both directions share: header collection, limits, the dead state."""
 
     __slots__ = ("_events", "_names", "_values", "_add_name", "_add_value", "_max_bytes",
-                 "_max_headers", "_state", "_error", "_guard")
+                 "_max_headers", "_state", "_error", "_guard", "_tunnel")
 
     def __init__(self, max_header_bytes: int, max_headers: int) -> None:
         self._events: list[Event] = []
@@ -87,6 +87,13 @@ class _Parser:
         self._state = _OPEN
         self._error: ParseError | None = None
         self._guard = 0            # bytes fed without an event while a message is open
+        self._tunnel = b""         # bytes after the head that switched protocols
+
+    def take_tunnel_bytes(self) -> bytes:
+        """The bytes that followed an Upgrade request's (or a 101 response's) head in the
+        read that completed it: the first bytes of the tunnel, not HTTP/1.  Once."""
+        data, self._tunnel = self._tunnel, b""
+        return data
 
     def _die(self, error: ParseError) -> ParseError:
         self._state = _DEAD
@@ -132,8 +139,10 @@ class RequestParser(_Parser):
         events = self._events = []
         try:
             self._parser.feed_data(data)
-        except _HttpParserUpgrade:
-            self._state = _IGNORE      # llhttp paused after an Upgrade/CONNECT message
+        except _HttpParserUpgrade as exc:
+            # llhttp paused after an Upgrade message; the rest is the tunnel's.
+            self._state = _IGNORE
+            self._tunnel = data[exc.args[0]:]
         except _HttpParserError as exc:
             if self._state != _IGNORE:
                 raise self._die(self._error or _request_error(exc)) from None
@@ -212,9 +221,12 @@ class RequestParser(_Parser):
         # Upgrade / CONNECT / Connection: close: this is the last request on the
         # connection.  An upgrade request with a body gets no EndOfMessage (httptools
         # skips the body of an upgrade); the connection manager answers and closes.
-        if not (self._has_body and self._parser.should_upgrade()):
+        upgrade = self._parser.should_upgrade()
+        if not (self._has_body and upgrade):
             self._events.append(EndOfMessage(trailers))
         self._state = _IGNORE
+        if upgrade and self._parser.get_method() != b"CONNECT":
+            return      # llhttp pauses itself, saying where the tunnel's bytes start
         raise _Stop
 
     def _trailers(self) -> Headers:
@@ -284,8 +296,9 @@ class ResponseParser(_Parser):
         events = self._events = []
         try:
             self._parser.feed_data(data)
-        except _HttpParserUpgrade:
+        except _HttpParserUpgrade as exc:
             self._dirty = True
+            self._tunnel = data[exc.args[0]:]     # after a 101: the tunnel's first bytes
         except _HttpParserError:
             self._dirty = True
             if self._error is not None:
@@ -371,9 +384,13 @@ class ResponseParser(_Parser):
             self._done = True
             if status == 101 or method == "CONNECT":
                 self._state = _IGNORE      # the connection is now a tunnel
+            if status == 101:
+                return      # llhttp pauses itself, saying where the tunnel's bytes start
             raise _Stop
 
     def on_message_complete(self) -> None:
+        if self._state == _IGNORE:
+            return          # a 101: its EndOfMessage went out with the head
         trailers = None
         if self._names:
             trailers, size = _fields(self._names, self._values)

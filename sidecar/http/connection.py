@@ -26,6 +26,7 @@ from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyReset, BodyStream, Request, Response, StreamInfo
 from sidecar.http.request_headers import forwarded_headers
 from sidecar.http.responding import add_date_server, local_response, log_access
+from sidecar.http.upgrade import HeldTunnelBytes, Tunnel, upgrade_allowed, upgrade_headers
 from sidecar.timers import LazyDeadline
 
 if TYPE_CHECKING:
@@ -138,20 +139,21 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
                 authority, target = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
             else:
                 self.stats.downstream_rq_non_relative_path += 1
-                self._reject(400, "", "http1.invalid_url")
+                self._refuse(head, authority, target, 400, "http1.invalid_url")
                 return
         if not authority:
-            self._reject(400, "", "missing_host_header")
+            self._refuse(head, authority, target, 400, "missing_host_header")
             return
         if "#" in target:
             # A fragment never belongs in a request target: Envoy refuses it while
             # normalizing the path, before routing.
-            self._reject(400, "", "path_normalization_failed")
+            self._refuse(head, authority, target, 400, "path_normalization_failed")
             return
+        upgrade: list[tuple[str, str]] | None = None
         if head.upgrade:
-            # No upgrade_configs support yet: Envoy answers 403 for an unconfigured upgrade.
-            self._reject(403, "", "upgrade_failed")
-            return
+            upgrade = self._upgrade(head, authority, target, headers)
+            if upgrade is None and self.closing:
+                return
         if head.expect_continue:
             # Envoy answers 100-continue itself (proxy_100_continue off).
             self.transport.write(b"HTTP/1.1 100 Continue\r\n\r\n")  # type: ignore[union-attr]
@@ -160,8 +162,14 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
             body = self.parsing = BodyStream(self.ctx.buffer_limit, self._pause_reading,
                                              self._resume_reading)
         request = Request(head.method, target, authority, "http", headers, body, head.version,
-                          head.keep_alive, head.content_length, head.chunked, head.expect_continue)
+                          head.keep_alive and not head.upgrade, head.content_length, head.chunked,
+                          head.expect_continue)
         info = request.info
+        if upgrade is not None:
+            # Until the upstream answers, what the client sends is held, not parsed.
+            request.upgrade = upgrade
+            self.parser = HeldTunnelBytes(self.parser.take_tunnel_bytes(), self.ctx.buffer_limit,
+                                          self._pause_reading, info)
         info.downstream_remote_address = self.peer
         info.downstream_local_address = self.local
         self.queue.append(request)
@@ -170,6 +178,27 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
             self._pause_reading()
         else:
             self._start(request)
+
+    def _upgrade(self, head: RequestHead, authority: str, target: str,
+                 headers: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
+        """An Upgrade request: the Upgrade/Connection fields to forward when its route
+        allows the upgrade; None for "serve it as a plain request" or after a refusal.
+        The connection closes after the answer either way (the parser stopped at it)."""
+        kind = next(v for k, v in head.headers if k == "upgrade").strip()
+        if kind.lower() == "h2c":
+            # Envoy drops an h2c upgrade offer and serves the request over HTTP/1.1.
+            headers[:] = [h for h in headers if h[0] != "http2-settings"]
+            return None
+        route = self.ctx.route_table.select(authority, target, head.method, headers, "http")
+        if route is None or not upgrade_allowed(self.ctx.config.upgrade_configs,
+                                                route.action, kind):
+            self._refuse(head, authority, target, 403, "upgrade_failed")
+            return None
+        if head.chunked or head.content_length:
+            # llhttp hands the body's bytes over as the tunnel's; neither reading is safe.
+            self._refuse(head, authority, target, 400, "upgrade_with_body")
+            return None
+        return upgrade_headers(head.headers)
 
     def _pause_reading(self) -> None:
         if not self.reading_paused and not self.closing:
@@ -249,6 +278,9 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         await self._send(request, response)
 
     async def _send(self, request: Request, response: Response) -> None:
+        if response.upgraded is not None:
+            self._switch_protocols(request, response)
+            return
         keep_open = self._frame(request, response)
         if type(response.body) is BodyStream:
             try:
@@ -259,6 +291,30 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         else:
             keep_open = self._write_whole(request, response, keep_open)
         self._finish(request, response.status, response.headers, keep_open)
+
+    def _switch_protocols(self, request: Request, response: Response) -> None:
+        """The upstream said 101: write it, then splice the two connections."""
+        upstream, from_upstream = response.upgraded  # type: ignore[misc]
+        if self.closing:
+            upstream.abort()
+            return
+        add_date_server(response.headers, self.ctx.config)
+        head = serialize_response_head(101, response.headers)
+        self.transport.write(head)  # type: ignore[union-attr]
+        stats = self.stats
+        stats.downstream_cx_tx_bytes_total += len(head)
+        stats.downstream_cx_upgrades_total += 1
+        stats.downstream_cx_upgrades_active += 1
+
+        def ended(flag: str) -> None:
+            stats.downstream_cx_upgrades_active -= 1
+            request.info.set_flag(flag)
+            self._finish(request, 101, response.headers, False)
+
+        held = self.parser.take()
+        tunnel = Tunnel(self, upstream, request.info, stats, upstream.pool.stats,
+                        self.ctx.config.stream_idle_timeout, ended)
+        tunnel.start(held, from_upstream)
 
     def _finish(self, request: Request, status: int, headers: list[tuple[str, str]],
                 keep_open: bool) -> None:
@@ -391,6 +447,20 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         self.stats.count_class(status)
         reply = LocalReply(status, body.encode(), "", details, close_connection=True)
         self._send_and_close(reply)
+
+    def _refuse(self, head: RequestHead, authority: str, target: str, status: int,
+                details: str) -> None:
+        """_reject a request whose head was read, logging it as Envoy does."""
+        self._reject(status, "", details)
+        if self.ctx.access_logs:
+            request = Request(head.method, target, authority, "http", head.headers, None,
+                              head.version)
+            info = request.info
+            info.start_time = self.ctx.loop.time()
+            info.response_code_details = details
+            info.downstream_remote_address = self.peer
+            info.downstream_local_address = self.local
+            self._log(request, status, [])
 
     def _protocol_error(self, status: int, details: str) -> None:
         self.stats.downstream_cx_protocol_error += 1

@@ -142,7 +142,7 @@ class Request:
 
     __slots__ = ("method", "path", "authority", "scheme", "headers", "body", "version",
                  "keep_alive", "content_length", "chunked", "expect_continue",
-                 "route", "cluster_pick", "upstream_pick", "info")
+                 "route", "cluster_pick", "upstream_pick", "info", "upgrade")
 
     def __init__(self, method: str, path: str, authority: str, scheme: str, headers: Headers,
                  body: BodyStream | None, version: str = "1.1", keep_alive: bool = True,
@@ -163,6 +163,8 @@ class Request:
         self.cluster_pick: Any = None     # (cluster, weighted entry): route_table.route_cluster
         self.upstream_pick: Any = None    # (cluster, weighted entry, host) the router chose early
         self.info = info if info is not None else StreamInfo()
+        # An allowed HTTP/1.1 Upgrade: its Upgrade and Connection fields, sent upstream.
+        self.upgrade: list[tuple[str, str]] | None = None
 
     def header(self, name: str) -> str | None:
         """The first value of ``name`` (lower-case), or None."""
@@ -176,7 +178,7 @@ class Response:
     """A response head plus its body: bytes (local replies) or a stream (proxied)."""
 
     __slots__ = ("status", "headers", "body", "content_length", "chunked", "keep_alive",
-                 "on_complete")
+                 "on_complete", "upgraded")
 
     def __init__(self, status: int, headers: Headers, body: Body = None,
                  content_length: int | None = None, chunked: bool = False,
@@ -190,6 +192,9 @@ class Response:
         # Called once the response has been fully written downstream (or failed):
         # the upstream connection goes back to its pool only then.
         self.on_complete: Callable[[bool], None] | None = None
+        # A 101 to an upgrade request: (the upstream connection, the bytes it sent after
+        # the head); the connection manager turns the two connections into a tunnel.
+        self.upgraded: tuple[Any, bytes] | None = None
 
 
 class StreamInfo:

@@ -62,7 +62,8 @@ def log_access(ctx: Any, request: Request, status: int, headers: Headers) -> Non
     """One line per configured access log (status 0: never answered, as Envoy logs it)."""
     info = request.info
     body = request.body
-    info.bytes_received = body.received if isinstance(body, BodyStream) else 0
+    if isinstance(body, BodyStream):
+        info.bytes_received = body.received     # (an upgrade's tunnel counted its own)
     duration = ctx.loop.time() - info.start_time
     for log_file, tokens in ctx.access_logs:
         log_file.write(render(tokens, request, status, headers, duration))

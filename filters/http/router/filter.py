@@ -35,6 +35,7 @@ from sidecar.upstream.http1 import (Http1UpstreamConnection, UpstreamClosed, Ups
 from sidecar.upstream.http2 import UpstreamRefused
 from sidecar.upstream.http2 import request_headers as h2_request_headers
 from sidecar.upstream.lb import HASHING_POLICIES
+from sidecar.upstream.pool_dual import DualPool, upstream_http2
 from sidecar.upstream.pool_h2 import Http2Pool
 
 log = logging.getLogger(__name__)
@@ -120,7 +121,10 @@ class Router:
         host = cluster.choose_host(hash_key)
         if host is None:
             return None
-        conn = host.pool.take_idle()
+        pool = host.pool
+        if type(pool) is DualPool:
+            pool = pool.http1()     # (only HTTP/1 downstreams come this way)
+        conn = pool.take_idle()
         if conn is None:
             request.upstream_pick = (name, weighted, host)   # the coroutine path connects there
             return None
@@ -190,7 +194,7 @@ class Router:
         policy = action.retry_policy
         sent = held_body(request, REPLAY_LIMIT if policy is None else
                          policy.buffer_limit if policy.buffer_limit is not None else self.buffer_limit,
-                         not cluster.config.http2)
+                         not upstream_http2(cluster.config, request))
         pending = (start_shadows(self, request, entry, action, weighted, host)
                    if action.mirror_policies else None)
         try:
@@ -288,7 +292,8 @@ class Router:
         serialized for an HTTP/1.1 host, a header list for an HTTP/2 one."""
         path, authority, headers = self.upstream_parts(request, request.headers, entry, action,
                                                        weighted, host, timeout, attempt)
-        if type(host.pool) is Http2Pool:
+        pool = host.pool
+        if type(pool) is Http2Pool or (type(pool) is DualPool and request.version == "2"):
             return h2_request_headers(request.method, path, authority, request.scheme, headers)
         return serialize_request_head(request.method, path, [("host", authority), *headers])
 
@@ -348,6 +353,8 @@ class Router:
         body = request.body
         chunked = request.chunked
         pool = host.pool
+        if type(pool) is DualPool:
+            pool = pool.http1()
         for attempt in (1, 2):
             conn = pool.take_idle()
             reused = conn is not None
@@ -389,6 +396,8 @@ class Router:
         """
         body = request.body
         pool = host.pool
+        if type(pool) is DualPool:
+            pool = pool.http2()
         for attempt in (1, 2):
             stream = pool.take_idle() or await pool.acquire(deadline)
             waiter = stream.send_head(headers, end_stream=body is None)

@@ -1,5 +1,6 @@
-"""max_stream_duration over a streamed response body (filters/http/router/stream_duration.py
-bound_body, BodyStream.cut): one timer, cut at the deadline, cancelled once written."""
+"""max_stream_duration (filters/http/router/stream_duration.py) over a streamed response body
+(bound_body, BodyStream.cut: one timer, cut at the deadline, cancelled once written), and
+the grpc-timeout a gRPC request goes upstream with."""
 
 from __future__ import annotations
 
@@ -7,7 +8,7 @@ import asyncio
 
 import pytest
 
-from filters.http.router.stream_duration import bound_body
+from filters.http.router.stream_duration import bound_body, grpc_timeout_value, set_grpc_timeout
 from sidecar.http.message import BodyStream, DurationReached, Request, Response
 from sidecar.stats import HttpStats
 
@@ -66,3 +67,23 @@ def test_a_body_that_all_came_is_not_cut_while_being_written():
         assert await body.read() == b"all"
         assert stats.downstream_rq_max_duration_reached == 0
     asyncio.run(run())
+
+
+@pytest.mark.parametrize("seconds, value", [
+    (1.0, "1000m"), (1.2345, "1234m"), (0.2499, "249m"), (99999.999, "99999999m"),
+    (100000.0, "100000S"), (1e8, "1666666M"), (1e10, "2777777H"),
+])
+def test_grpc_timeout_values_as_envoy_writes_them(seconds, value):
+    assert grpc_timeout_value(seconds) == value
+
+
+@pytest.mark.parametrize("ctype, rewritten", [
+    ("application/grpc", True), ("application/grpc+proto", True), ("application/grpc;x=y", True),
+    ("application/grpc-web", False), ("application/json", False), (None, False),
+])
+def test_only_grpc_requests_get_the_limit_as_grpc_timeout(ctype, rewritten):
+    headers = [("grpc-timeout", "5S")] + ([("content-type", ctype)] if ctype else [])
+    request = Request("POST", "/", "example.com", "http", headers, None, "2")
+    set_grpc_timeout(request, 1.5)
+    expected = "1500m" if rewritten else "5S"
+    assert [v for k, v in request.headers if k == "grpc-timeout"] == [expected]

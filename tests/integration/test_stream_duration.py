@@ -15,7 +15,8 @@ import pytest
 
 from tests.http2.client import H2Client
 from tests.support.client import request
-from tests.support.grpc_service import GrpcServer, channel, stubs
+from tests.support.grpc_service import channel, stubs
+from tests.support.h2_upstream import H2Received, H2Reply, H2Upstream
 from tests.support.proxy import ProxyProcess, bootstrap, envoy_binary, http_listener, static_cluster, vhost
 from tests.support.upstream import Received, Reply, Upstream
 
@@ -26,7 +27,9 @@ HTTP2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
     "explicit_http_config": {"http2_protocol_options": {}}}}
 LOG_FORMAT = "%REQ(:PATH)% %RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_SENT%\n"
 PIECES = [b"abcde"] * 10        # one every 0.4 s: three (15 bytes) go out within the 1 s limit
-LIMIT = {"max_stream_duration": {"max_stream_duration": "1s"}, "timeout": "0s"}
+# The route timeout is ignored on a route with max_stream_duration (Envoy 1.40): were it
+# not, the requests below would end at 0.5 s instead.
+LIMIT = {"max_stream_duration": {"max_stream_duration": "1s"}, "timeout": "0.5s"}
 
 
 def handler(r: Received) -> Reply:
@@ -36,12 +39,22 @@ def handler(r: Received) -> Reply:
         return Reply(200, chunks=PIECES, chunk_delay=0.4)
     if r.target == "/slow-head":
         return Reply(200, body=b"late", delay=2.0)
+    if r.target == "/late":
+        return Reply(200, body=b"late", delay=0.7)
     return Reply(200, body=b"quick", chunks=[b"qui", b"ck"], chunk_delay=0.1)
+
+
+def grpc_handler(r: H2Received) -> H2Reply:
+    """A server-streaming gRPC call answered with a message every 0.4 s (and no deadline of
+    its own, unlike a grpcio server, which would race the proxy's reset)."""
+    messages = [b"\x00\x00\x00\x00\x05msg-" + str(i).encode() for i in range(10)]
+    return H2Reply(200, [("content-type", "application/grpc")], messages,
+                   trailers=[("grpc-status", "0")], chunk_delay=0.4)
 
 
 @pytest.fixture(scope="module")
 def upstreams():
-    with Upstream(handler) as up, GrpcServer() as grpc_server:
+    with Upstream(handler) as up, H2Upstream(grpc_handler) as grpc_server:
         yield up, grpc_server
 
 
@@ -131,22 +144,35 @@ def test_http2_stream_reset_and_connection_kept(proxy):
                                "downstream_rq_4xx": 0}
 
 
-def test_grpc_server_stream_reset(proxy):
+def test_grpc_server_stream_reset(proxy, upstreams):
+    """grpcio sees the stream reset (INTERNAL); the server was told the limit in grpc-timeout
+    (replacing the client's 5 s), as Envoy does."""
+    _, grpc_upstream = upstreams
+    seen = len(grpc_upstream.requests)
     ch = channel(proxy.ports["web"])
     got = []
     try:
         with pytest.raises(grpc.RpcError) as info:
-            for message in stubs(ch)["server_stream"](b"10", metadata=(("x-sleep", "0.4"),),
-                                                       timeout=5):
+            for message in stubs(ch)["server_stream"](b"10", timeout=5):
                 got.append(message)
     finally:
         ch.close()
-    assert got == [b"msg-0", b"msg-1"]      # sent at 0.4 s and 0.8 s
-    assert info.value.code() == grpc.StatusCode.INTERNAL
-    assert "RST_STREAM" in info.value.details()
-    line = access_log(proxy, 1)[0]
-    assert line.startswith("/test.Echo/ServerStream 200 - max_duration_timeout ")
+    assert got == [b"msg-0", b"msg-1", b"msg-2"]        # sent at 0, 0.4 and 0.8 s
+    status = (info.value.code(), info.value.details())
+    assert status[0] == grpc.StatusCode.INTERNAL and "RST_STREAM" in status[1], status
+    assert grpc_upstream.requests[seen].header("grpc-timeout") == "1000m"
+    assert access_log(proxy, 1) == ["/test.Echo/ServerStream 200 - max_duration_timeout 30"]
     assert counters(proxy)["downstream_rq_max_duration_reached"] == 1
+
+
+def test_route_timeout_does_not_apply(proxy, upstreams):
+    """With max_stream_duration the route's timeout (0.5 s) is ignored and not announced."""
+    up, _ = upstreams
+    seen = len(up.requests)
+    r = request(proxy.ports["web"], "/late")
+    assert (r.status, r.body) == (200, b"late")
+    assert up.requests[seen].header("x-envoy-expected-rq-timeout-ms") is None
+    assert up.requests[seen].header("grpc-timeout") is None       # not a gRPC request
 
 
 def test_body_done_within_the_limit_is_untouched(proxy):

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from config import model
@@ -21,7 +21,7 @@ from filters.http.router.hash_policy import compute_hash
 from filters.http.router.headers import apply_mutations, redirect_location
 from filters.http.router.mirror import finish_shadows, start_shadows
 from filters.http.router.retrying import forward_retrying
-from filters.http.router.stream_duration import bound_body, stream_duration
+from filters.http.router.stream_duration import within_duration
 from filters.http.router.upstream_request import (REPLAY_LIMIT, SentBody, count_reply, held_body,
                                                   host_failed, host_responded, reply_for)
 from sidecar.codec.events import ResponseHead
@@ -207,7 +207,7 @@ class Router:
             if action.max_stream_duration is None and action.grpc_timeout_header_max is None:
                 response = await attempts
             else:
-                response = await self.within_duration(request, action, attempts)
+                response = await within_duration(request, action, attempts, self.http_stats)
         finally:
             if pending:
                 finish_shadows(self, request, action, pending, sent)
@@ -215,29 +215,6 @@ class Router:
             # A generated hash cookie goes on the upstream's response (not on local
             # replies such as a connect failure's 503: Envoy 1.40 adds it there neither).
             response.headers.append(("set-cookie", set_cookie))
-        return response
-
-    async def within_duration(self, request: Request, action: model.RouteAction,
-                              attempts: Coroutine[Any, Any, Response]) -> Response:
-        """Forward within the route's max_stream_duration (from the stream's start); when it
-        expires before the response head the upstream request is cancelled (reset) and the
-        proxy answers; a body still streaming is bounded by ``bound_body``."""
-        duration = stream_duration(action, request)
-        if duration is None:
-            return await attempts
-        deadline = request.info.start_time + duration
-        limit = asyncio.timeout_at(deadline)
-        try:
-            async with limit:
-                response = await attempts
-        except TimeoutError:
-            if limit.expired():
-                self.http_stats.downstream_rq_max_duration_reached += 1
-                body = request.body
-                raise local_reply.duration_timeout(body is None or body.complete) from None
-            raise
-        if type(response.body) is BodyStream:
-            bound_body(request, response, deadline, self.http_stats)   # the rest of the stream
         return response
 
     async def forward_once(self, request: Request, entry: RouteEntry, action: model.RouteAction,

@@ -450,6 +450,9 @@ class Cluster:
     eds_service_name: str = ""                  # EDS: the ClusterLoadAssignment to ask for
     eds_config_source: ConfigSource | None = None
     http2_options: UpstreamHttp2 | None = None  # set: the upstream speaks HTTP/2
+    # use_downstream_protocol_config: HTTP/2 requests go upstream over HTTP/2 (with
+    # http2_options), others over HTTP/1.1 (sidecar/upstream/pool_dual.py)
+    downstream_protocol: bool = False
     # circuit_breakers.thresholds, priority DEFAULT (Envoy's defaults when unset)
     max_connections: int = 1024
     max_pending_requests: int = 1024
@@ -466,7 +469,7 @@ class Cluster:
     @property
     def http2(self) -> bool:
         """The upstream speaks HTTP/2 (explicit_http_config.http2_protocol_options)."""
-        return self.http2_options is not None
+        return self.http2_options is not None and not self.downstream_protocol
 
 
 @dataclass(frozen=True, slots=True)

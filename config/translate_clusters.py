@@ -77,7 +77,7 @@ class ClusterTranslator(TranslatorBase):
         breakers = self.circuit_breakers(c, path)
         outlier = (outlier_detection(self, c.outlier_detection, f"{path}.outlier_detection")
                    if c.HasField("outlier_detection") else None)
-        idle, max_requests, http2 = self.upstream_http_options(c, path)
+        idle, max_requests, http2, downstream = self.upstream_http_options(c, path)
         endpoints = self.load_assignment(c.load_assignment, f"{path}.load_assignment", ctype)
         family = {0: "AUTO", 1: "V4_ONLY", 2: "V6_ONLY", 3: "V4_PREFERRED", 4: "ALL"}[
             c.dns_lookup_family]
@@ -93,6 +93,7 @@ class ClusterTranslator(TranslatorBase):
             dns_lookup_family=family, healthy_panic_threshold=panic,
             locality_weighted_lb=locality_weighted,
             eds_service_name=eds_service_name, eds_config_source=eds_source, http2_options=http2,
+            downstream_protocol=downstream,
             outlier_detection=outlier, health_check=health_checks(self, c, path), **breakers,
             **hashing, **original_dst_fields(self, c, path, ctype, lb))
 
@@ -134,10 +135,13 @@ class ClusterTranslator(TranslatorBase):
         return out
 
     def upstream_http_options(self, c: Message, path: str
-                              ) -> tuple[float | None, int, model.UpstreamHttp2 | None]:
+                              ) -> tuple[float | None, int, model.UpstreamHttp2 | None, bool]:
         """Idle timeout, max requests per pooled connection (from either place Envoy reads
-        them) and, when the cluster speaks HTTP/2, its HTTP/2 settings."""
+        them), the HTTP/2 settings when the cluster speaks HTTP/2 (to every request, or with
+        use_downstream_protocol_config to those that came in over HTTP/2), and whether
+        the protocol follows the downstream one."""
         http2: model.UpstreamHttp2 | None = None
+        downstream = False
         common = c.common_http_protocol_options
         common_path = f"{path}.common_http_protocol_options"
         for key, any_msg in c.typed_extension_protocol_options.items():
@@ -148,7 +152,8 @@ class ClusterTranslator(TranslatorBase):
             opts = self.unpack(any_msg, p)
             if opts is None:
                 continue
-            self.only(opts, p, ("common_http_protocol_options", "explicit_http_config"))
+            self.only(opts, p, ("common_http_protocol_options", "explicit_http_config",
+                                "use_downstream_protocol_config"))
             if opts.HasField("explicit_http_config"):
                 which = opts.explicit_http_config.WhichOneof("protocol_config")
                 if which == "http2_protocol_options":
@@ -160,12 +165,26 @@ class ClusterTranslator(TranslatorBase):
                 else:
                     self.only(opts.explicit_http_config.http_protocol_options,
                               f"{p}.explicit_http_config.http_protocol_options", ())
+            if opts.HasField("use_downstream_protocol_config"):
+                http2, downstream = self.downstream_protocol(
+                    opts.use_downstream_protocol_config, f"{p}.use_downstream_protocol_config"), True
             if opts.HasField("common_http_protocol_options"):
                 common, common_path = opts.common_http_protocol_options, f"{p}.common_http_protocol_options"
         self.only(common, common_path, ("idle_timeout", "max_requests_per_connection"))
         max_requests = wrapped(common, "max_requests_per_connection",
                                wrapped(c, "max_requests_per_connection", 0))
-        return optional_timeout(common, "idle_timeout", 3600.0), max_requests, http2
+        return optional_timeout(common, "idle_timeout", 3600.0), max_requests, http2, downstream
+
+    def downstream_protocol(self, o: Message, path: str) -> model.UpstreamHttp2:
+        """use_downstream_protocol_config: the settings of its HTTP/2 upstream connections
+        (Envoy's defaults without http2_protocol_options: it uses HTTP/2 for HTTP/2
+        requests all the same)."""
+        self.only(o, path, ("http_protocol_options", "http2_protocol_options"))
+        if o.HasField("http_protocol_options"):
+            self.only(o.http_protocol_options, f"{path}.http_protocol_options", ())
+        if o.HasField("http2_protocol_options"):
+            return self.upstream_http2(o.http2_protocol_options, f"{path}.http2_protocol_options")
+        return model.UpstreamHttp2()
 
     def upstream_http2(self, o: Message, path: str) -> model.UpstreamHttp2:
         """An upstream Http2ProtocolOptions (Envoy's defaults when unset)."""

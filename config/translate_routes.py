@@ -224,7 +224,11 @@ class RouteTranslator(TranslatorBase):
             regex_rewrite=self.regex_rewrite(a, path),
             host_rewrite_literal=a.host_rewrite_literal or None,
             auto_host_rewrite=wrapped(a, "auto_host_rewrite", False),
-            timeout=optional_timeout(a, "timeout", 15.0),
+            # Envoy 1.40: a route with max_stream_duration (even empty) takes its "new
+            # timeouts": the route timeout is ignored (and x-envoy-expected-rq-timeout-ms
+            # not sent); the stream's limit bounds it instead.
+            timeout=(None if a.HasField("max_stream_duration")
+                     else optional_timeout(a, "timeout", 15.0)),
             retry_policy=(self.retry_policy(a.retry_policy, f"{path}.retry_policy")
                           if a.HasField("retry_policy") else None),
             hash_policy=hash_policies(self, a, path),

@@ -53,6 +53,7 @@ HOT_PATH = (
     "sidecar.upstream.pool",
     "sidecar.upstream.http2",
     "sidecar.upstream.pool_h2",
+    "sidecar.upstream.pool_dual",
     "sidecar.upstream.cluster",
     "config.model",
     "filters.http.router.headers",

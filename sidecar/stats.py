@@ -79,6 +79,7 @@ class HttpStats(Scope):
                 "downstream_cx_http2_total", "downstream_rq_http2_total",
                 "downstream_rq_too_many_premature_resets",
                 "downstream_rq_rx_reset", "downstream_rq_tx_reset", "downstream_rq_timeout",
+                "downstream_rq_max_duration_reached",
                 "downstream_rq_non_relative_path", "downstream_rq_too_large",
                 "downstream_cx_rx_bytes_total", "downstream_cx_tx_bytes_total",
                 "no_route", "no_cluster", "rq_direct_response", "rq_redirect",

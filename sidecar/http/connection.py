@@ -23,7 +23,7 @@ from sidecar.http import local_reply
 from sidecar.flow_control import WriteFlowControl
 from sidecar.http.dates import http_date
 from sidecar.http.local_reply import LocalReply
-from sidecar.http.message import BodyReset, BodyStream, Request, Response, StreamInfo
+from sidecar.http.message import BodyReset, BodyStream, DurationReached, Request, Response, StreamInfo
 from sidecar.http.request_headers import forwarded_headers
 from sidecar.http.responding import add_date_server, local_response, log_access
 from sidecar.http.upgrade import HeldTunnelBytes, Tunnel, upgrade_allowed, upgrade_headers
@@ -33,6 +33,12 @@ if TYPE_CHECKING:
     from sidecar.http.context import HcmContext
 
 log = logging.getLogger(__name__)
+
+# Envoy's delayed_close_timeout default: a connection closed mid-response (stream reset by
+# max_stream_duration) gets its FIN this long after the last byte, unless the client
+# closes first (Envoy's FlushWriteAndDelay close).
+DELAYED_CLOSE = 1.0
+
 
 class HttpConnection(WriteFlowControl, asyncio.Protocol):
     def __init__(self, ctx: HcmContext) -> None:
@@ -48,6 +54,7 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         self.write_paused = False
         self.reading_paused = False
         self.closing = False
+        self.lingering = False      # closing after DELAYED_CLOSE (see _reset_mid_body)
         self.peer: tuple | None = None
         self.local: tuple | None = None
         self.remote_ip = ""
@@ -287,6 +294,8 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
                 keep_open = await self._write_streamed(request, response, keep_open)
             except asyncio.CancelledError:
                 self._abandoned(request)
+                if response.on_complete is not None:
+                    response.on_complete(False)     # the upstream exchange can't finish
                 raise
         else:
             keep_open = self._write_whole(request, response, keep_open)
@@ -428,10 +437,13 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
                     await self.wait_writable()
                     if self.closing:
                         return False
-        except BodyReset:
+        except BodyReset as reset:
+            self.stats.downstream_rq_tx_reset += 1
+            if type(reset) is DurationReached:
+                self._reset_mid_body()
+                return False
             # The upstream broke off mid-body: the client sees a truncated response
             # and a closed connection, as with Envoy.
-            self.stats.downstream_rq_tx_reset += 1
             transport.abort()  # type: ignore[union-attr]
             return False
         if chunked:
@@ -486,9 +498,18 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         self.transport.write(serialize_response_head(reply.status, headers) + reply.body)  # type: ignore[union-attr]
         self.transport.close()  # type: ignore[union-attr]
 
+    def _reset_mid_body(self) -> None:
+        """The proxy reset the stream after the response head went out (max_stream_duration):
+        HTTP/1.1 can only end it with the connection.  As Envoy 1.40: what was written is
+        flushed, the FIN follows DELAYED_CLOSE later (sooner if the client closes), and the
+        reset counts both ways (downstream_rq_tx_reset, downstream_rq_rx_reset)."""
+        self.stats.downstream_rq_rx_reset += 1
+        self.closing = self.lingering = True
+        self.ctx.loop.call_later(DELAYED_CLOSE, self.transport.close)  # type: ignore[union-attr]
+
     def _close(self) -> None:
         self.closing = True
-        if self.transport is not None:
+        if self.transport is not None and not self.lingering:
             self.transport.close()
 
     def _went_idle(self) -> None:

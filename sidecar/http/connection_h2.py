@@ -36,7 +36,7 @@ from sidecar.http.h2_guard import FloodGuard, is_premature
 from sidecar.http.h2_state import ServerStateMachine
 from sidecar.http.h2_stream import H2Stream, header_limit, split_headers
 from sidecar.http.local_reply import LocalReply
-from sidecar.http.message import BodyReset, BodyStream, Request, Response
+from sidecar.http.message import BodyReset, BodyStream, DurationReached, Request, Response
 from sidecar.http.request_headers import forwarded_headers
 from sidecar.http.responding import add_date_server, local_response, log_access
 from sidecar.timers import LazyDeadline
@@ -404,10 +404,13 @@ class Http2Connection(asyncio.Protocol):
             async for chunk in body:
                 if not await self._send_data(stream, chunk, False):
                     return False
-        except BodyReset:
-            # The upstream broke off mid-body: the client sees the stream reset.
+        except BodyReset as reset:
+            # The upstream broke off mid-body (or max_stream_duration expired): the client
+            # sees the stream reset.
             self.stats.downstream_rq_tx_reset += 1
             self._reset_stream(stream, _ERR.INTERNAL_ERROR)
+            if type(reset) is DurationReached:
+                self._reset_done(stream, status, headers)
             return False
         if stream.done or self.closing:
             return False
@@ -481,6 +484,16 @@ class Http2Connection(asyncio.Protocol):
                 self._close()
             else:
                 self._went_idle()
+
+    def _reset_done(self, stream: H2Stream, status: int, headers: list[tuple[str, str]]) -> None:
+        """We reset the stream mid-response (max_stream_duration): as Envoy 1.40, counted as
+        reset both ways and as a response of the status already sent, and logged."""
+        self.stats.downstream_rq_rx_reset += 1
+        body = stream.body
+        if body is not None and not body.complete:
+            body.reset(BodyReset("stream reset"))     # the request body going up ends too
+            stream.body = None      # (so _finish sends no RST_STREAM of its own)
+        self._finish(stream, status, headers)
 
     def _abandon(self, stream: H2Stream) -> None:
         """The client reset the stream or went away before its response was fully written (DC)."""

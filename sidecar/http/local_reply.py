@@ -82,9 +82,13 @@ def overflow() -> LocalReply:
                       [("x-envoy-overloaded", "true")])
 
 
-def duration_timeout() -> LocalReply:
-    """The stream's max_stream_duration (or its grpc-timeout) expired."""
-    reply = LocalReply(408, b"downstream duration timeout", "DT", "max_duration_timeout")
+def duration_timeout(request_complete: bool) -> LocalReply:
+    """The stream's max_stream_duration (or its grpc-timeout) expired before the response
+    head.  As Envoy 1.40 (Utility::maybeRequestTimeoutCode): 504 once the whole request
+    came in, 408 while it was still coming; no response flag (DT is for connection
+    durations)."""
+    reply = LocalReply(504 if request_complete else 408, b"downstream duration timeout", "",
+                       "max_duration_timeout")
     reply.grpc_status = 4           # DEADLINE_EXCEEDED, as Envoy answers a gRPC request
     return reply
 

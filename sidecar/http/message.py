@@ -25,6 +25,11 @@ class BodyReset(Exception):
     """The body's producer went away before the end (peer reset or closed)."""
 
 
+class DurationReached(BodyReset):
+    """The route's max_stream_duration expired while the response body was still coming
+    (filters/http/router/stream_duration.py): the connection manager resets the stream."""
+
+
 class BodyStream:
     """A body flowing from one connection to another, with backpressure.
 
@@ -77,6 +82,15 @@ class BodyStream:
             self._error = error
             self._eof = True
             self._wake()
+
+    def cut(self, error: BaseException) -> None:
+        """End the body now with ``error``, dropping what is buffered unread: nothing more
+        of it goes downstream (the proxy resets the stream)."""
+        self._chunks.clear()
+        self._buffered = 0
+        self._error = error
+        self._eof = True
+        self._wake()
 
     def _wake(self) -> None:
         waiter = self._waiter

@@ -22,6 +22,7 @@ from sidecar.upstream.original_dst import OriginalDstHosts
 from sidecar.upstream.outlier import OutlierDetector
 from sidecar.upstream import priority
 from sidecar.upstream.pool import Http1Pool
+from sidecar.upstream.pool_dual import DualPool
 from sidecar.upstream.pool_h2 import Http2Pool
 
 log = logging.getLogger(__name__)
@@ -32,7 +33,7 @@ _FAMILIES = {"V4_ONLY": socket.AF_INET, "V6_ONLY": socket.AF_INET6}
 class ClusterRuntime:
     def __init__(self, config: model.Cluster, stats: ClusterStats,
                  parser_factory: Callable[[], Any],
-                 pools: dict[tuple[str, int], Http1Pool | Http2Pool] | None = None) -> None:
+                 pools: dict[tuple[str, int], Http1Pool | Http2Pool | DualPool] | None = None) -> None:
         self.config = config
         self.name = config.name
         self.stats = stats
@@ -47,7 +48,7 @@ class ClusterRuntime:
         self.locality_weights = priority.locality_weights(config.endpoints)
         # An updated cluster takes over its predecessor's pools (set_hosts keeps those
         # to addresses that remain): warm connections survive a CDS update.
-        self.pools: dict[tuple[str, int], Http1Pool | Http2Pool] = pools or {}
+        self.pools: dict[tuple[str, int], Http1Pool | Http2Pool | DualPool] = pools or {}
         self.task: asyncio.Task[None] | None = None
         self.initialized = asyncio.Event()
         self.added_via_api = False        # CDS (ClusterManager.put), as admin /clusters says
@@ -126,11 +127,11 @@ class ClusterRuntime:
 
     def set_hosts(self, hosts: list[Host]) -> None:
         """Replace the host set; pools to addresses that remain are kept (warm connections survive)."""
-        pools: dict[tuple[str, int], Http1Pool | Http2Pool] = {}
+        pools: dict[tuple[str, int], Http1Pool | Http2Pool | DualPool] = {}
         for h in hosts:
             key = (h.address, h.port)
             pool = pools.get(key) or self.pools.get(key)
-            if pool is None or (type(pool) is Http2Pool) != self.config.http2:
+            if pool is None or type(pool) is not self.pool_type():
                 pool = self.new_pool(h)
             pools[key] = pool
             h.pool = pool
@@ -146,21 +147,40 @@ class ClusterRuntime:
         if self.health_checker is None:     # else after its first round of checks
             self.initialized.set()
 
-    def new_pool(self, host: Host) -> Http1Pool | Http2Pool:
-        """The connection pool to a new host: HTTP/2 when the cluster's protocol options say so."""
+    def pool_type(self) -> type:
+        """The kind of pool this cluster's hosts get (a CDS update may change it)."""
+        c = self.config
+        return DualPool if c.downstream_protocol else Http2Pool if c.http2 else Http1Pool
+
+    def new_pool(self, host: Host) -> Http1Pool | Http2Pool | DualPool:
+        """The connection pool to a new host: HTTP/2 when the cluster's protocol options say
+        so, both kinds (made on first use) when they follow the downstream protocol."""
+        c = self.config
+        if c.downstream_protocol:
+            return DualPool(host.address, host.port, self)
+        if c.http2:
+            return self.http2_pool(host.address, host.port)
+        return self.http1_pool(host.address, host.port)
+
+    def http1_pool(self, address: str, port: int) -> Http1Pool:
+        """An HTTP/1.1 pool to one host (the cluster's own, or a DualPool's)."""
+        c = self.config
+        pool = Http1Pool(address, port, self.stats, self.parser_factory, c.connect_timeout,
+                         c.idle_timeout, c.max_requests_per_connection,
+                         c.per_connection_buffer_limit_bytes, self)
+        if c.upstream_bind_address is not None:
+            pool.local_addr = (c.upstream_bind_address, 0)      # upstream_bind_config
+        return pool
+
+    def http2_pool(self, address: str, port: int) -> Http2Pool:
+        """An HTTP/2 pool to one host (the cluster's own, or a DualPool's)."""
         c = self.config
         h2 = c.http2_options
-        if h2 is not None:
-            pool: Http1Pool | Http2Pool = Http2Pool(
-                host.address, host.port, self.stats, c.connect_timeout,
-                c.idle_timeout, c.max_requests_per_connection,
-                c.per_connection_buffer_limit_bytes, self, h2.max_concurrent_streams,
-                h2.initial_stream_window_size, h2.initial_connection_window_size,
-                h2.keepalive)
-        else:
-            pool = Http1Pool(host.address, host.port, self.stats, self.parser_factory,
-                             c.connect_timeout, c.idle_timeout, c.max_requests_per_connection,
-                             c.per_connection_buffer_limit_bytes, self)
+        assert h2 is not None
+        pool = Http2Pool(address, port, self.stats, c.connect_timeout, c.idle_timeout,
+                         c.max_requests_per_connection, c.per_connection_buffer_limit_bytes,
+                         self, h2.max_concurrent_streams, h2.initial_stream_window_size,
+                         h2.initial_connection_window_size, h2.keepalive)
         if c.upstream_bind_address is not None:
             pool.local_addr = (c.upstream_bind_address, 0)      # upstream_bind_config
         return pool

@@ -14,6 +14,7 @@ from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
     from sidecar.upstream.pool import Http1Pool
+    from sidecar.upstream.pool_dual import DualPool
     from sidecar.upstream.pool_h2 import Http2Pool
 
 # Failure flags (Envoy's Host::HealthFlag names)
@@ -43,7 +44,7 @@ class Host:
         self.locality = locality          # the LocalityLbEndpoints it came in (EDS / load_assignment)
         self.hash_key = hash_key          # envoy.lb metadata hash_key (RING_HASH / MAGLEV), or ""
         self.active_requests = 0          # for LEAST_REQUEST
-        self.pool: Http1Pool | Http2Pool | None = None
+        self.pool: Http1Pool | Http2Pool | DualPool | None = None
         # "10.0.0.1:80" / "[::1]:80", as Envoy prints %UPSTREAM_HOST%
         self.label = f"[{address}]:{port}" if ":" in address else f"{address}:{port}"
         self.failed = 0                   # failure flags, above

@@ -182,3 +182,17 @@ def test_unreadable_file_and_bad_yaml_are_clear_errors(tmp_path):
     bad.write_text("a: [unclosed")
     with pytest.raises(ConfigError, match="invalid YAML"):
         load_bootstrap(str(bad))
+
+
+@pytest.mark.parametrize("duration", [{}, {"max_stream_duration": "2s"},
+                                      {"grpc_timeout_header_max": "0s"}])
+def test_max_stream_duration_makes_the_route_timeout_ignored(duration):
+    """As Envoy 1.40 (its "new timeouts"): a route with max_stream_duration, even empty, has
+    no route timeout (checked side by side in tests/integration/test_stream_duration.py)."""
+    routes = [{"match": {"prefix": "/"}, "route": {"cluster": "backend", "timeout": "3s",
+                                                   "max_stream_duration": duration}},
+              {"match": {"prefix": "/"}, "route": {"cluster": "backend", "timeout": "3s"}}]
+    config = bootstrap([http_listener("web", [vhost(routes)], port=8080)],
+                       [static_cluster("backend", 9000)])
+    vh = translate(config).listeners[0].filter_chain.filter.route_config.virtual_hosts[0]
+    assert [r.action.timeout for r in vh.routes] == [None, 3.0]

@@ -47,6 +47,7 @@ class H2Reply:
     delay: float = 0.0             # before answering
     reset: int | None = None       # answer with RST_STREAM(this error code) instead
     goaway: bool = False           # send GOAWAY (last stream id: this one) after answering
+    chunk_delay: float = 0.0       # seconds between body chunks (a trickling body)
 
 
 def echo(request: H2Received) -> H2Reply:
@@ -136,6 +137,9 @@ class H2Upstream(ThreadedServer):
                               end_stream=end_on_headers)
             for i, chunk in enumerate(reply.chunks):
                 last = i == len(reply.chunks) - 1 and reply.trailers is None
+                if i and reply.chunk_delay:
+                    writer.write(conn.data_to_send())
+                    await asyncio.sleep(reply.chunk_delay)
                 while True:     # within the client's windows and frame size
                     room = min(conn.local_flow_control_window(sid), conn.max_outbound_frame_size)
                     if room >= len(chunk):

@@ -40,10 +40,12 @@ class Reply:
     headers: list[tuple[str, str]] = field(default_factory=list)
     body: bytes = b""
     delay: float = 0.0           # seconds before answering
-    chunks: list[bytes] | None = None   # send the body chunked, in these pieces
+    # Send the body in these pieces: chunked, unless a content-length header is given.
+    chunks: list[bytes] | None = None
     close: bool = False          # close the connection after the response
     reset: bool = False          # abort the connection instead of answering
     reason: str = ""             # reason phrase ("" = h11's default)
+    chunk_delay: float = 0.0     # seconds between body pieces (a trickling body)
 
 
 def echo_handler(request: Received) -> Reply:
@@ -105,7 +107,8 @@ class Upstream(ThreadedServer):
                 headers = list(reply.headers)
                 if reply.chunks is None and not any(k.lower() == "content-length" for k, _ in headers):
                     headers.append(("content-length", str(len(reply.body))))
-                if reply.chunks is not None:
+                if reply.chunks is not None and not any(k.lower() == "content-length"
+                                                        for k, _ in headers):
                     headers.append(("transfer-encoding", "chunked"))
                 if reply.close:
                     headers.append(("connection", "close"))
@@ -115,6 +118,9 @@ class Upstream(ThreadedServer):
                     for piece in reply.chunks if reply.chunks is not None else [reply.body]:
                         if piece:
                             writer.write(conn.send(h11.Data(data=piece)))
+                            if reply.chunk_delay:
+                                await writer.drain()
+                                await asyncio.sleep(reply.chunk_delay)
                 writer.write(conn.send(h11.EndOfMessage()))
                 await writer.drain()
                 if conn.our_state is h11.MUST_CLOSE or reply.close:

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
-from collections.abc import Callable, Coroutine
+from collections.abc import Callable
 from typing import Any
 
 from config import model
@@ -21,7 +21,7 @@ from filters.http.router.hash_policy import compute_hash
 from filters.http.router.headers import apply_mutations, redirect_location
 from filters.http.router.mirror import finish_shadows, start_shadows
 from filters.http.router.retrying import forward_retrying
-from filters.http.router.stream_duration import stream_duration
+from filters.http.router.stream_duration import within_duration
 from filters.http.router.upstream_request import (REPLAY_LIMIT, SentBody, count_reply, held_body,
                                                   host_failed, host_responded, reply_for)
 from sidecar.codec.events import ResponseHead
@@ -35,6 +35,7 @@ from sidecar.upstream.http1 import (Http1UpstreamConnection, UpstreamClosed, Ups
 from sidecar.upstream.http2 import UpstreamRefused
 from sidecar.upstream.http2 import request_headers as h2_request_headers
 from sidecar.upstream.lb import HASHING_POLICIES
+from sidecar.upstream.pool_dual import DualPool, upstream_http2
 from sidecar.upstream.pool_h2 import Http2Pool
 
 log = logging.getLogger(__name__)
@@ -121,7 +122,10 @@ class Router:
         host = cluster.choose_host(hash_key)
         if host is None:
             return None
-        conn = host.pool.take_idle()
+        pool = host.pool
+        if type(pool) is DualPool:
+            pool = pool.http1()     # (only HTTP/1 downstreams come this way)
+        conn = pool.take_idle()
         if conn is None:
             request.upstream_pick = (name, weighted, host)   # the coroutine path connects there
             return None
@@ -196,7 +200,7 @@ class Router:
         policy = action.retry_policy
         sent = held_body(request, REPLAY_LIMIT if policy is None else
                          policy.buffer_limit if policy.buffer_limit is not None else self.buffer_limit,
-                         not cluster.config.http2)
+                         not upstream_http2(cluster.config, request))
         pending = (start_shadows(self, request, entry, action, weighted, host)
                    if action.mirror_policies and request.upgrade is None else None)
         try:
@@ -209,7 +213,7 @@ class Router:
             if action.max_stream_duration is None and action.grpc_timeout_header_max is None:
                 response = await attempts
             else:
-                response = await self.within_duration(request, action, attempts)
+                response = await within_duration(request, action, attempts, self.http_stats)
         finally:
             if pending:
                 finish_shadows(self, request, action, pending, sent)
@@ -218,22 +222,6 @@ class Router:
             # replies such as a connect failure's 503: Envoy 1.40 adds it there neither).
             response.headers.append(("set-cookie", set_cookie))
         return response
-
-    async def within_duration(self, request: Request, action: model.RouteAction,
-                              attempts: Coroutine[Any, Any, Response]) -> Response:
-        """Forward within the route's max_stream_duration (from the stream's start); when it
-        expires first the upstream request is cancelled (reset) and the proxy answers."""
-        duration = stream_duration(action, request)
-        if duration is None:
-            return await attempts
-        limit = asyncio.timeout_at(request.info.start_time + duration)
-        try:
-            async with limit:
-                return await attempts
-        except TimeoutError:
-            if limit.expired():
-                raise local_reply.duration_timeout() from None
-            raise
 
     async def forward_once(self, request: Request, entry: RouteEntry, action: model.RouteAction,
                            name: str, weighted: model.WeightedClusterEntry | None, cluster: Any,
@@ -294,7 +282,8 @@ class Router:
         serialized for an HTTP/1.1 host, a header list for an HTTP/2 one."""
         path, authority, headers = self.upstream_parts(request, request.headers, entry, action,
                                                        weighted, host, timeout, attempt)
-        if type(host.pool) is Http2Pool:
+        pool = host.pool
+        if type(pool) is Http2Pool or (type(pool) is DualPool and request.version == "2"):
             return h2_request_headers(request.method, path, authority, request.scheme, headers)
         return serialize_request_head(request.method, path, [("host", authority), *headers])
 
@@ -356,6 +345,8 @@ class Router:
         body = request.body
         chunked = request.chunked
         pool = host.pool
+        if type(pool) is DualPool:
+            pool = pool.http1()
         for attempt in (1, 2):
             conn = pool.take_idle()
             reused = conn is not None
@@ -397,6 +388,8 @@ class Router:
         """
         body = request.body
         pool = host.pool
+        if type(pool) is DualPool:
+            pool = pool.http2()
         for attempt in (1, 2):
             stream = pool.take_idle() or await pool.acquire(deadline)
             waiter = stream.send_head(headers, end_stream=body is None)

@@ -29,6 +29,7 @@ from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import Request
 from sidecar.http.route_table import RouteEntry
 from sidecar.upstream.http1 import UpstreamClosed, UpstreamProtocolError, UpstreamTimeout
+from sidecar.upstream.pool_dual import DualPool, upstream_http2
 
 if TYPE_CHECKING:
     from filters.http.router.filter import Router
@@ -84,7 +85,7 @@ def start_shadows(router: Router, request: Request, entry: RouteEntry, action: m
         cluster = router.clusters.get(name) if name else None
         if cluster is None:
             continue        # Envoy: an unknown cluster (from the header) is not mirrored
-        if cluster.config.http2:
+        if upstream_http2(cluster.config, request):
             log.debug("shadow cluster %s speaks HTTP/2: not mirrored yet", cluster.name)
             continue
         path, authority, headers = router.upstream_parts(
@@ -135,9 +136,12 @@ async def shadow_exchange(cluster: Any, method: str, data: bytes, deadline: floa
     host.active_requests += 1
     conn = None
     try:
-        conn = host.pool.take_idle()
+        pool = host.pool
+        if type(pool) is DualPool:
+            pool = pool.http1()     # shadows go over HTTP/1 only (start_shadows)
+        conn = pool.take_idle()
         if conn is None:
-            conn = await host.pool.acquire(deadline)
+            conn = await pool.acquire(deadline)
         waiter = conn.send_head(data, method)
         assert waiter is not None
         if deadline is not None:

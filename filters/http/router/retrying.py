@@ -13,6 +13,7 @@ from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import Request, Response
 from sidecar.http.route_table import RouteEntry
+from sidecar.upstream.pool_dual import upstream_http2
 
 if TYPE_CHECKING:
     from filters.http.router.filter import Router
@@ -41,7 +42,8 @@ async def forward_retrying(router: Router, request: Request, entry: RouteEntry, 
     original_headers = request.headers
     # The keep-alive race (HTTP/1) or a refused stream (HTTP/2) is resent by the exchange
     # itself, unless this policy retries it.
-    race_replay = not retry.retry_failure(policy, "refused" if cluster.config.http2 else "reset")
+    race_replay = not retry.retry_failure(policy, "refused" if upstream_http2(cluster.config, request)
+                                                    else "reset")
     backoff: retry.BackOff | None = None
     attempted: list[Any] = []
     attempt = 0

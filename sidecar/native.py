@@ -33,6 +33,7 @@ from types import ModuleType
 # the tests hold the httptools one against, not the hot path.
 HOT_PATH = (
     "sidecar.codec.events",
+    "sidecar.codec.hpack",
     "sidecar.codec.http1",
     "sidecar.codec.http1_httptools",
     "sidecar.flow_control",

@@ -32,6 +32,7 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame
 
+from sidecar.codec.hpack import install as install_hpack
 from sidecar.http.h2_guard import FloodGuard, is_premature
 from sidecar.http.h2_state import ServerStateMachine
 from sidecar.http.h2_stream import H2Stream, header_limit, split_headers
@@ -101,6 +102,7 @@ class Http2Connection(asyncio.Protocol):
                                            normalize_outbound_headers=False)
         conn = self.h2 = h2.connection.H2Connection(config=config)
         conn.state_machine = ServerStateMachine()
+        install_hpack(conn)
         conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: opts.max_concurrent_streams,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: opts.initial_stream_window_size,

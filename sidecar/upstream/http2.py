@@ -32,6 +32,7 @@ import h2.exceptions
 import h2.settings
 
 from sidecar.codec.events import ResponseHead
+from sidecar.codec.hpack import install as install_hpack
 from sidecar.flow_control import WriteFlowControl
 from sidecar.http.message import BodyReset, BodyStream
 from sidecar.timers import LazyDeadline
@@ -193,6 +194,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
         self.high_watermark = high_watermark
         config = h2.config.H2Configuration(client_side=True, header_encoding="latin-1")
         self.h2 = h2.connection.H2Connection(config=config)
+        install_hpack(self.h2)
         self.stream_window = stream_window
         self.connection_window = connection_window
         self.transport: asyncio.Transport | None = None

@@ -34,7 +34,7 @@ from hyperframe.frame import GoAwayFrame
 
 from sidecar.codec.hpack import install as install_hpack
 from sidecar.http.h2_guard import FloodGuard, is_premature
-from sidecar.http.h2_state import ServerStateMachine
+from sidecar.http.h2_state import Connection, ServerStateMachine
 from sidecar.http.h2_stream import H2Stream, header_limit, split_headers
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyReset, BodyStream, Request, Response
@@ -100,7 +100,7 @@ class Http2Connection(asyncio.Protocol):
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
                                            validate_outbound_headers=False,
                                            normalize_outbound_headers=False)
-        conn = self.h2 = h2.connection.H2Connection(config=config)
+        conn = self.h2 = Connection(config=config)
         conn.state_machine = ServerStateMachine()
         install_hpack(conn)
         conn.local_settings = h2.settings.Settings(client=False, initial_values={

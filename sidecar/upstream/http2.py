@@ -34,6 +34,7 @@ import h2.settings
 from sidecar.codec.events import ResponseHead
 from sidecar.codec.hpack import install as install_hpack
 from sidecar.flow_control import WriteFlowControl
+from sidecar.http.h2_state import Connection
 from sidecar.http.message import BodyReset, BodyStream
 from sidecar.timers import LazyDeadline
 from sidecar.upstream.http1 import UpstreamClosed, UpstreamProtocolError, UpstreamTimeout
@@ -193,7 +194,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
         self.loop = asyncio.get_event_loop()
         self.high_watermark = high_watermark
         config = h2.config.H2Configuration(client_side=True, header_encoding="latin-1")
-        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2 = Connection(config=config)
         install_hpack(self.h2)
         self.stream_window = stream_window
         self.connection_window = connection_window

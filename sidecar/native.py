@@ -44,6 +44,7 @@ HOT_PATH = (
     "sidecar.http.responding",
     "sidecar.http.connection",
     "sidecar.http.h2_guard",
+    "sidecar.http.h2_frames",
     "sidecar.http.h2_headers",
     "sidecar.http.h2_stream",
     "sidecar.http.connection_h2",

@@ -1,5 +1,6 @@
-"""h2's processing of a received header block (cookie joining, RFC 9113 8.2/8.3 validation,
-decoding), in one compiled pass instead of h2's chain of nine Python generators.
+"""h2's processing of a header block, received (cookie joining, RFC 9113 8.2/8.3 validation,
+decoding) or about to be sent (normalizing, validation), in one compiled pass each instead
+of h2's chains of Python generators.
 
 ``process_received_headers`` is what ``h2.stream.H2Stream._process_received_headers``
 computes, for the same input: the same list (cookie fields joined last as one
@@ -9,7 +10,9 @@ matters: the connection manager tells malformed requests from framing errors by
 it, and the first error found is h2's, since the checks run field by field in
 h2's order (illegal characters, empty name, TE, connection-specific, pseudo-header
 order, Host/:authority, empty :path), then the block-level pseudo-header and
-Host/:authority checks.  h2_state.py plugs it into h2's streams.
+Host/:authority checks.  ``process_outbound_headers`` is, likewise, what h2's
+``_build_headers_frames`` passes to the HPACK encoder.  h2_state.py plugs both into
+h2's streams.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ from __future__ import annotations
 from typing import Any
 
 from h2.exceptions import ProtocolError
-from hpack.struct import NeverIndexedHeaderTuple
+from hpack.struct import HeaderTuple, NeverIndexedHeaderTuple
 
 _CONNECTION_HEADERS = frozenset((b"connection", b"proxy-connection", b"keep-alive",
                                  b"transfer-encoding", b"upgrade"))
@@ -26,6 +29,7 @@ _ALLOWED_PSEUDO = frozenset((b":method", b":scheme", b":authority", b":path", b"
 _REQUEST_ONLY = frozenset((b":scheme", b":path", b":authority", b":method", b":protocol"))
 _RESPONSE_ONLY = frozenset((b":status",))
 _CONNECT_ONLY = frozenset((b":protocol",))
+_SECURE = frozenset((b"authorization", b"proxy-authorization"))
 
 
 def process_received_headers(headers: list[Any], is_trailer: bool, is_response: bool,
@@ -33,10 +37,47 @@ def process_received_headers(headers: list[Any], is_trailer: bool, is_response: 
     if normalize:
         headers = _combine_cookies(headers)
     if validate:
-        _validate(headers, is_trailer, is_response)
+        _validate(headers, is_trailer, is_response, True)
     if encoding is not None:
         return [h.__class__(h[0].decode(encoding), h[1].decode(encoding)) for h in headers]
     return headers
+
+
+def process_outbound_headers(headers: list[Any], is_trailer: bool, is_response: bool,
+                             normalize: bool, split_cookies: bool, validate: bool) -> list[Any]:
+    """h2's normalize_outbound_headers then validate_outbound_headers, field by field in
+    h2's order: lowercase names, split cookies (when configured), strip whitespace, drop
+    connection-specific fields, never index credentials and short cookies; then reject
+    TE other than trailers, connection-specific fields, misplaced or missing pseudo-headers,
+    a Host/:authority mismatch and an empty :path."""
+    if normalize:
+        headers = _normalize_outbound(headers, split_cookies)
+    if validate:
+        _validate(headers, is_trailer, is_response, False)
+    return headers
+
+
+def _normalize_outbound(headers: list[Any], split_cookies: bool) -> list[Any]:
+    out: list[Any] = []
+    for header in headers:
+        name: bytes = header[0].lower()
+        typed = isinstance(header, HeaderTuple)
+        if split_cookies and name == b"cookie":
+            values: list[bytes] = header[1].split(b"; ")
+        else:
+            values = [header[1]]
+        for value in values:
+            name_s = name.strip()
+            value_s: bytes = value.strip()
+            if name_s in _CONNECTION_HEADERS:
+                continue
+            if name_s in _SECURE or (name_s == b"cookie" and len(value_s) < 20):
+                out.append(tuple.__new__(NeverIndexedHeaderTuple, (name_s, value_s)))
+            elif typed:
+                out.append(header.__class__(name_s, value_s))
+            else:
+                out.append((name_s, value_s))
+    return out
 
 
 def _combine_cookies(headers: list[Any]) -> list[Any]:
@@ -54,7 +95,9 @@ def _combine_cookies(headers: list[Any]) -> list[Any]:
     return out
 
 
-def _validate(headers: list[Any], is_trailer: bool, is_response: bool) -> None:
+def _validate(headers: list[Any], is_trailer: bool, is_response: bool, inbound: bool) -> None:
+    """h2's validate_headers (inbound) or validate_outbound_headers, whose checks are a
+    subset: no character, empty-name checks."""
     request = not (is_response or is_trailer)
     pseudo: set[bytes] = set()
     seen_regular = False
@@ -64,9 +107,10 @@ def _validate(headers: list[Any], is_trailer: bool, is_response: bool) -> None:
     for header in headers:
         name: bytes = header[0]
         value: bytes = header[1]
-        _check_characters(name, value)
-        if not name:
-            raise ProtocolError("Received header name with zero length.")
+        if inbound:
+            _check_characters(name, value)
+            if not name:
+                raise ProtocolError("Received header name with zero length.")
         if name == b"te" and value.lower() != b"trailers":
             raise ProtocolError(f"Invalid value for TE header: {value!r}")
         if name in _CONNECTION_HEADERS:

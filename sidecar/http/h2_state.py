@@ -13,10 +13,10 @@ import h2.connection
 import h2.stream
 from h2.errors import ErrorCodes
 from h2.exceptions import StreamClosedError, StreamIDTooLowError
-from hyperframe.frame import Frame, RstStreamFrame
+from hyperframe.frame import ContinuationFrame, Frame, RstStreamFrame
 
 from sidecar.http.h2_frames import serialize_frames
-from sidecar.http.h2_headers import process_received_headers
+from sidecar.http.h2_headers import process_outbound_headers, process_received_headers
 
 
 class ServerStateMachine(h2.connection.H2ConnectionStateMachine):
@@ -80,6 +80,30 @@ class Connection(h2.connection.H2Connection):
 
 
 class _Stream(h2.stream.H2Stream):
+    """h2's stream; the header blocks it receives and sends are processed by h2_headers.py."""
+
+    def _build_headers_frames(self, headers: Any, encoder: Any, first_frame: Any,
+                              hdr_validation_flags: Any) -> list[Any]:
+        # h2's _build_headers_frames (h2 4.x) with its generator chains replaced.
+        config = self.config
+        headers = process_outbound_headers(
+            headers if type(headers) is list else list(headers),
+            hdr_validation_flags.is_trailer, hdr_validation_flags.is_response_header,
+            config.normalize_outbound_headers, config.split_outbound_cookies,
+            config.validate_outbound_headers)
+        encoded_headers = encoder.encode(headers)
+        size = self.max_outbound_frame_size or 0
+        header_blocks = [encoded_headers[i:i + size] for i in range(0, len(encoded_headers), size)]
+        frames: list[Any] = []
+        first_frame.data = header_blocks[0]
+        frames.append(first_frame)
+        for block in header_blocks[1:]:
+            cf = ContinuationFrame(self.stream_id)
+            cf.data = block
+            frames.append(cf)
+        frames[-1].flags.add("END_HEADERS")
+        return frames
+
     def _process_received_headers(self, headers: Any, hdr_validation_flags: Any,
                                   header_encoding: Any) -> list[Any]:
         config = self.config

@@ -178,3 +178,98 @@ def test_split_cookies_reach_the_upstream_joined(proxy) -> None:
         result = c.get("/", headers=[("cookie", "a=1"), ("x-a", "1"), ("cookie", "b=2")])
     assert result.status == 200
     assert bytes(result.body) == b"a=1; b=2"
+
+
+# --- outbound: what h2's _build_headers_frames hands the HPACK encoder ---------------------------
+
+def reference_outbound(headers: list, flags: HeaderValidationFlags, normalize: bool, split: bool,
+                       validate: bool) -> object:
+    from h2.utilities import normalize_outbound_headers, validate_outbound_headers
+
+    out = iter(headers)
+    if normalize:
+        out = normalize_outbound_headers(out, flags, split)
+    if validate:
+        out = validate_outbound_headers(out, flags)
+    try:
+        return list(out)
+    except h2.exceptions.ProtocolError as e:
+        return ("ProtocolError", str(e))
+    except IndexError:
+        return ("IndexError",)
+
+
+def compiled_outbound(headers: list, flags: HeaderValidationFlags, normalize: bool, split: bool,
+                      validate: bool) -> object:
+    from sidecar.http.h2_headers import process_outbound_headers
+
+    try:
+        return process_outbound_headers(list(headers), flags.is_trailer, flags.is_response_header,
+                                        normalize, split, validate)
+    except h2.exceptions.ProtocolError as e:
+        return ("ProtocolError", str(e))
+    except IndexError:
+        return ("IndexError",)
+
+
+OUTBOUND = {
+    **CASES,
+    "mixed case and spaces": REQUEST + [(b" X-A ", b" v "), (b"Connection", b"close")],
+    "credentials": REQUEST + [(b"authorization", b"basic x"), (b"proxy-authorization", b"y"),
+                              (b"cookie", b"short=1"), (b"cookie", b"a-much-longer-cookie=value")],
+    "cookie to split": REQUEST + [(b"cookie", b"a=1; b=2; c=a-much-longer-value-here")],
+    "empty name": REQUEST + [(b"", b"x")],
+    "blank name": REQUEST + [(b"  ", b"x")],
+}
+
+
+@pytest.mark.parametrize("headers", OUTBOUND.values(), ids=OUTBOUND.keys())
+@pytest.mark.parametrize("flags", [AS_REQUEST, AS_RESPONSE, AS_TRAILER],
+                         ids=["request", "response", "trailer"])
+@pytest.mark.parametrize("normalize, split, validate", [
+    (True, False, True), (True, True, True), (False, False, True), (True, False, False)])
+def test_outbound_same_as_h2(headers: list, flags: HeaderValidationFlags, normalize: bool,
+                             split: bool, validate: bool) -> None:
+    for typed in (False, True):
+        block = [HeaderTuple(n, v) if typed and i % 2 else (n, v) for i, (n, v) in enumerate(headers)]
+        expected = reference_outbound(block, flags, normalize, split, validate)
+        got = compiled_outbound(block, flags, normalize, split, validate)
+        assert got == expected
+        if isinstance(expected, list):
+            assert [type(h) for h in got] == [type(h) for h in expected]   # type: ignore[union-attr]
+
+
+@pytest.mark.parametrize("frame_size", [16384, 16])
+def test_sent_header_blocks_are_byte_for_byte_h2s(frame_size: int) -> None:
+    """A client on our Connection writes exactly what h2's own writes: requests, CONTINUATION
+    splitting, trailers and the errors h2 raises for a bad block."""
+    def pair() -> tuple[h2.connection.H2Connection, h2.connection.H2Connection]:
+        conns = []
+        for cls in (h2.connection.H2Connection, Connection):
+            conn = cls(config=h2.config.H2Configuration(client_side=True, header_encoding="latin-1"))
+            conn.initiate_connection()
+            conn.max_outbound_frame_size = frame_size
+            conn.data_to_send()
+            conns.append(conn)
+        return conns[0], conns[1]
+
+    theirs, ours = pair()
+    blocks = [[(":method", "POST"), (":scheme", "http"), (":path", "/x"), (":authority", "a"),
+               ("Content-Type", "application/grpc"), ("te", "trailers"), ("cookie", "k=v"),
+               ("authorization", "secret"), ("x-long", "v" * 40)]] * 3
+    for sid, block in zip((1, 3, 5), blocks):
+        theirs.send_headers(sid, block)
+        ours.send_headers(sid, block)
+        theirs.send_data(sid, b"body")
+        ours.send_data(sid, b"body")
+        theirs.send_headers(sid, [("grpc-status", "0")], end_stream=True)
+        ours.send_headers(sid, [("grpc-status", "0")], end_stream=True)
+        assert ours.data_to_send() == theirs.data_to_send()
+    for bad in ([(":method", "GET"), (":path", "/"), (":authority", "a")],          # no :scheme
+                [(":method", "GET"), (":scheme", "http"), (":path", ""), (":authority", "a")]):
+        errors = []
+        for conn in (theirs, ours):
+            with pytest.raises(h2.exceptions.ProtocolError) as caught:
+                conn.send_headers(conn.get_next_available_stream_id(), bad)
+            errors.append(str(caught.value))
+        assert errors[0] == errors[1]

@@ -340,8 +340,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
     def _send_soon(self) -> None:
         """Write what h2 has queued at the end of this loop iteration: a request's HEADERS,
         DATA and END_STREAM (and those of the other streams started meanwhile) go out in
-        one write.  Each write to a local upstream costs a syscall that also runs the
-        peer's TCP receive path; one per frame was most of a gRPC call's CPU."""
+        one write syscall instead of one each."""
         if not self.send_pending:
             self.send_pending = True
             self.loop.call_soon(self._send)

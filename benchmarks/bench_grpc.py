@@ -26,6 +26,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from bench_h2 import print_ratios  # noqa: E402
 from bench_http1 import (REPO, Skip, cpu_seconds, find_envoy, free_envoy_base_id,  # noqa: E402
                          free_ports, http_get, machine, median, stop)
 
@@ -68,7 +69,7 @@ def bootstrap(admin_port: int, listen_port: int, server_port: int) -> dict:
                           {"endpoint": {"address": address(server_port)}}]}]}}]}}
 
 
-def start_proxy(name: str, argv: list[str], server_port: int, out: Path
+def start_proxy(name: str, argv: list[str], server_port: int, out: Path, cwd: Path = REPO
                 ) -> tuple[subprocess.Popen[bytes], int]:
     admin, listen = free_ports(2)
     config = out / f"{name}.yaml"
@@ -77,7 +78,7 @@ def start_proxy(name: str, argv: list[str], server_port: int, out: Path
     if name == "envoy":
         argv += ["--base-id", str(free_envoy_base_id())]
     log = (out / f"{name}.log").open("wb")
-    proc = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=log,
+    proc = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=log,
                             stderr=subprocess.STDOUT)
     deadline = time.monotonic() + 30
     while True:
@@ -131,11 +132,17 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--rounds", type=int, default=3)
     p.add_argument("--concurrency", type=int, default=20)
     p.add_argument("--envoy", help="path of the envoy binary (default: beside python, or PATH)")
+    p.add_argument("--baseline", type=Path,
+                   help="another checkout (e.g. a git worktree of an earlier commit, built) whose "
+                        "sidecar is measured too, in the same rounds")
     args = p.parse_args(argv)
     out = Path(tempfile.mkdtemp(prefix="bench-grpc-"))
     server, server_port = start_server()
     procs: dict[str, tuple[subprocess.Popen[bytes], int]] = {}
     try:
+        if args.baseline:
+            procs["sidecar (baseline)"] = start_proxy("baseline", [sys.executable, "-m", "sidecar"],
+                                                      server_port, out, cwd=args.baseline.resolve())
         procs["sidecar"] = start_proxy("sidecar", [sys.executable, "-m", "sidecar"], server_port, out)
         envoy = find_envoy(args.envoy)
         if envoy:
@@ -158,6 +165,7 @@ def main(argv: list[str] | None = None) -> int:
         cpu = [c for _, c in samples if c is not None]
         print(f"| {name} | {median([r for r, _ in samples]):,.0f} | "
               f"{f'{median(cpu):.0f}' if cpu else '-'} |")
+    print_ratios({name: [c for _, c in samples] for name, samples in results.items()})
     print(f"\nlogs and configs: {out}")
     return 0
 

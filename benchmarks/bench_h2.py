@@ -47,6 +47,21 @@ def run_h2load(port: int, requests: int, conns: int, streams: int, pid: int | No
     return float(rps.group(1)), succeeded, cpu
 
 
+def print_ratios(cpu: dict[str, list[float | None]]) -> None:
+    """Each sidecar's CPU per request over Envoy's, round by round (the VM's speed drifts
+    between rounds; within a round the targets run back to back), and their median."""
+    if "envoy" not in cpu:
+        return
+    print()
+    for name, samples in cpu.items():
+        if not name.startswith("sidecar"):
+            continue
+        ratios = [s / e for s, e in zip(samples, cpu["envoy"]) if s and e]
+        if ratios:
+            print(f"{name} / envoy CPU per request: {median(ratios):.2f}x "
+                  f"(rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+
+
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--requests", type=int, default=20000)
@@ -54,6 +69,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("-c", "--connections", type=int, default=10)
     p.add_argument("-m", "--streams", type=int, default=10)
     p.add_argument("--envoy", help="path of the envoy binary (default: beside python, or PATH)")
+    p.add_argument("--baseline", type=Path,
+                   help="another checkout (e.g. a git worktree of an earlier commit, built) whose "
+                        "sidecar is measured too, in the same rounds")
     args = p.parse_args(argv)
     if shutil.which("h2load") is None:
         raise SystemExit("h2load not found (apt-get install nghttp2-client)")
@@ -61,6 +79,10 @@ def main(argv: list[str] | None = None) -> int:
     upstream = start_upstream(out)
     procs = {}
     try:
+        if args.baseline:
+            procs["sidecar (baseline)"] = start_proxy("baseline", [sys.executable, "-m", "sidecar"],
+                                                      upstream.ports["http"], out,
+                                                      cwd=args.baseline.resolve())
         procs["sidecar"] = start_proxy("sidecar", [sys.executable, "-m", "sidecar"],
                                        upstream.ports["http"], out)
         envoy = find_envoy(args.envoy)
@@ -87,6 +109,7 @@ def main(argv: list[str] | None = None) -> int:
             cpu = f"{median(cpus):.0f}" if cpus else "-"
             print(f"| {name} | {median([s[0] for s in samples]):.0f} | "
                   f"{min(s[1] for s in samples)}/{args.requests} | {cpu} |")
+        print_ratios({name: [s[2] for s in samples] for name, samples in results.items()})
     finally:
         for proc in procs.values():
             stop(proc.popen)

@@ -418,7 +418,10 @@ def start_bare(upstream_port: int, out: Path) -> Proc:
     return Proc("bare", popen, log, {"http": port})
 
 
-def start_proxy(name: str, argv_prefix: list[str], upstream_port: int, out: Path) -> Proc:
+def start_proxy(name: str, argv_prefix: list[str], upstream_port: int, out: Path,
+                cwd: Path = REPO) -> Proc:
+    """Start a proxy on the benchmark bootstrap; ``cwd`` is the checkout ``python -m sidecar``
+    runs from (another worktree: an earlier commit, measured as a baseline)."""
     ports = dict(zip(("admin", "http", "tcp", "filters"), free_ports(4)))
     cfg = out / f"{name}.yaml"
     # JSON is YAML: both proxies read a .yaml file; no PyYAML needed here.
@@ -435,7 +438,7 @@ def start_proxy(name: str, argv_prefix: list[str], upstream_port: int, out: Path
     (out / f"{name}.cmd").write_text(" ".join(argv) + "\n")
     try:
         with log.open("wb") as logf:
-            popen = subprocess.Popen(argv, cwd=REPO, stdin=subprocess.DEVNULL, stdout=logf,
+            popen = subprocess.Popen(argv, cwd=cwd, stdin=subprocess.DEVNULL, stdout=logf,
                                      stderr=subprocess.STDOUT)
     except OSError as e:
         raise Skip(f"cannot run {argv[0]}: {e}") from e

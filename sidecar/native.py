@@ -33,6 +33,7 @@ from types import ModuleType
 # the tests hold the httptools one against, not the hot path.
 HOT_PATH = (
     "sidecar.codec.events",
+    "sidecar.codec.hpack",
     "sidecar.codec.http1",
     "sidecar.codec.http1_httptools",
     "sidecar.flow_control",
@@ -43,6 +44,8 @@ HOT_PATH = (
     "sidecar.http.responding",
     "sidecar.http.connection",
     "sidecar.http.h2_guard",
+    "sidecar.http.h2_frames",
+    "sidecar.http.h2_headers",
     "sidecar.http.h2_stream",
     "sidecar.http.connection_h2",
     "sidecar.upstream.host",

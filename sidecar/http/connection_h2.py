@@ -32,8 +32,9 @@ import h2.exceptions
 import h2.settings
 from hyperframe.frame import GoAwayFrame
 
+from sidecar.codec.hpack import install as install_hpack
 from sidecar.http.h2_guard import FloodGuard, is_premature
-from sidecar.http.h2_state import ServerStateMachine
+from sidecar.http.h2_state import Connection, ServerStateMachine
 from sidecar.http.h2_stream import H2Stream, header_limit, split_headers
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyReset, BodyStream, DurationReached, Request, Response
@@ -99,8 +100,9 @@ class Http2Connection(asyncio.Protocol):
         config = h2.config.H2Configuration(client_side=False, header_encoding=None,
                                            validate_outbound_headers=False,
                                            normalize_outbound_headers=False)
-        conn = self.h2 = h2.connection.H2Connection(config=config)
+        conn = self.h2 = Connection(config=config)
         conn.state_machine = ServerStateMachine()
+        install_hpack(conn)
         conn.local_settings = h2.settings.Settings(client=False, initial_values={
             h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: opts.max_concurrent_streams,
             h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: opts.initial_stream_window_size,
@@ -240,7 +242,11 @@ class Http2Connection(asyncio.Protocol):
             # Envoy answers 100-continue itself (proxy_100_continue off).
             self.h2.send_headers(sid, [(b":status", b"100")])
         request.route = ctx.route_table.select(authority, path, method, headers, request.scheme)
-        stream.task = ctx.loop.create_task(self._serve(stream))
+        if ctx.router is not None and body is None and "#" not in path:
+            # The chain is just the router: let it forward without a task if it can.
+            stream.upstream = ctx.router.start(request, lambda outcome: self._answered(stream, outcome))
+        if stream.upstream is None:
+            stream.task = ctx.loop.create_task(self._serve(stream))
         self.requests += 1
         limit = cfg.max_requests_per_connection
         if limit and self.requests >= limit:
@@ -341,6 +347,65 @@ class Http2Connection(asyncio.Protocol):
         except Exception:
             log.exception("bug: unhandled error answering %s %s", request.method, request.path)
             response = local_response(request, LocalReply(500, b"", "", "internal_error"))
+        await self._serve_response(stream, response)
+
+    def _answered(self, stream: H2Stream, outcome: Response | LocalReply | None) -> None:
+        """Router.start's callback: the response (or the error) for a stream it forwarded."""
+        stream.upstream = None
+        if stream.done or self.closing:
+            # Reset by the client meanwhile (_abandon did the accounting).
+            if type(outcome) is Response and outcome.on_complete is not None:  # type: ignore[union-attr]
+                outcome.on_complete(False)  # type: ignore[union-attr]
+            return
+        loop = self.ctx.loop
+        if outcome is None:
+            # The pooled connection was found closed: the coroutine path connects anew.
+            stream.task = loop.create_task(self._serve(stream))
+            return
+        try:
+            response = (outcome if type(outcome) is Response
+                        else local_response(stream.request, outcome))  # type: ignore[arg-type]
+            if not self._respond_now(stream, response):
+                stream.task = loop.create_task(self._serve_response(stream, response))
+        except Exception:
+            # A bug must not leave the stream hanging: this runs in the upstream's callback.
+            log.exception("bug: answering %s %s", stream.request.method, stream.request.path)
+            self._abandon(stream)
+            self._reset_stream(stream, _ERR.INTERNAL_ERROR)
+
+    def _respond_now(self, stream: H2Stream, response: Response) -> bool:
+        """Write a whole response without a task, when the client's windows take its body at
+        once and the socket is not backed up; False (nothing done) otherwise."""
+        body = response.body
+        if type(body) is BodyStream or self.write_paused:
+            return False
+        size = len(body) if body else 0  # type: ignore[arg-type]
+        if size:
+            conn = self.h2
+            try:
+                window = conn.local_flow_control_window(stream.sid)
+            except h2.exceptions.StreamClosedError:
+                return False
+            if size > window or size > conn.max_outbound_frame_size:
+                return False
+        sent = self._send_head(stream, response)
+        ok = sent is not None
+        if sent is not None and not sent[0]:
+            try:
+                self.h2.send_data(stream.sid, body, end_stream=True)
+            except h2.exceptions.StreamClosedError:
+                ok = False
+            else:
+                self.guard.data_frames_sent += 1
+                stream.request.info.bytes_sent += size
+                self._flush_soon()
+        if response.on_complete is not None:
+            response.on_complete(ok)
+        if ok:
+            self._finish(stream, response.status, response.headers)
+        return True
+
+    async def _serve_response(self, stream: H2Stream, response: Response) -> None:
         if stream.done:
             if response.on_complete is not None:
                 response.on_complete(False)
@@ -360,35 +425,12 @@ class Http2Connection(asyncio.Protocol):
 
     async def _respond(self, stream: H2Stream, response: Response) -> bool:
         """Write the response; False if the stream or connection ended first."""
-        request = stream.request
-        sid = stream.sid
-        status = response.status
-        headers = response.headers
-        add_date_server(headers, self.ctx.config)
-        block = [(b":status", str(status).encode())]
-        for name, value in headers:
-            if name not in _CONNECTION_SPECIFIC:
-                block.append((name.encode("latin-1"), value.encode("latin-1")))
-        body = response.body
-        bodyless = request.method == "HEAD" or status in (204, 304)
-        if type(body) is not BodyStream:
-            length = len(body) if body else 0  # type: ignore[arg-type]
-            if request.method == "HEAD" and response.content_length is not None:
-                length = response.content_length
-            if status not in (204, 304):
-                block.append((b"content-length", str(length).encode()))
-            if bodyless:
-                body = None
-        elif response.content_length is not None:
-            block.append((b"content-length", str(response.content_length).encode()))
-        conn = self.h2
-        end = not body
-        try:
-            conn.send_headers(sid, block, end_stream=end)
-        except h2.exceptions.StreamClosedError:
+        sent = self._send_head(stream, response)
+        if sent is None:
             return False
-        stream.status = status
-        self._flush_soon()
+        end, body = sent
+        sid = stream.sid
+        conn = self.h2
         if end:
             if type(response.body) is BodyStream:
                 # HEAD or 204/304 with a proxied body: drain it so the upstream is reusable.
@@ -425,6 +467,39 @@ class Http2Connection(asyncio.Protocol):
             return False
         self._flush_soon()
         return True
+
+    def _send_head(self, stream: H2Stream, response: Response) -> tuple[bool, Any] | None:
+        """The response's HEADERS: (whether they ended the stream, the body left to send),
+        or None when the stream is already closed."""
+        request = stream.request
+        sid = stream.sid
+        status = response.status
+        headers = response.headers
+        add_date_server(headers, self.ctx.config)
+        block = [(b":status", str(status).encode())]
+        for name, value in headers:
+            if name not in _CONNECTION_SPECIFIC:
+                block.append((name.encode("latin-1"), value.encode("latin-1")))
+        body = response.body
+        bodyless = request.method == "HEAD" or status in (204, 304)
+        if type(body) is not BodyStream:
+            length = len(body) if body else 0  # type: ignore[arg-type]
+            if request.method == "HEAD" and response.content_length is not None:
+                length = response.content_length
+            if status not in (204, 304):
+                block.append((b"content-length", str(length).encode()))
+            if bodyless:
+                body = None
+        elif response.content_length is not None:
+            block.append((b"content-length", str(response.content_length).encode()))
+        end = not body
+        try:
+            self.h2.send_headers(sid, block, end_stream=end)
+        except h2.exceptions.StreamClosedError:
+            return None
+        stream.status = status
+        self._flush_soon()
+        return end, body
 
     async def _send_data(self, stream: H2Stream, data: bytes, end: bool) -> bool:
         """Send ``data`` as the client's windows allow; False if the stream or connection ended."""
@@ -507,6 +582,11 @@ class Http2Connection(asyncio.Protocol):
         task = stream.task
         if task is not None and not task.done() and task is not asyncio.current_task():
             task.cancel()
+        upstream, stream.upstream = stream.upstream, None
+        if upstream is not None:
+            # Router.start's path was waiting for the upstream: drop it (as the task's
+            # cancellation does on the coroutine path).
+            upstream.abort()
         status = stream.status
         if status:
             # The response had begun: Envoy counted its class when the headers went out.

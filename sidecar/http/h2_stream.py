@@ -5,6 +5,7 @@ server that outlives the client's GOAWAY needs it."""
 from __future__ import annotations
 
 import asyncio
+from typing import Any
 
 from sidecar.codec.events import Headers
 from sidecar.http.message import BodyStream, Request
@@ -64,7 +65,7 @@ class H2Stream:
     """One stream's request, its body's flow-control state and its serving task."""
 
     __slots__ = ("sid", "request", "body", "task", "unacked", "paused", "status", "done",
-                 "window_waiter", "started")
+                 "window_waiter", "started", "upstream")
 
     def __init__(self, sid: int, request: Request, body: BodyStream | None, started: float) -> None:
         self.sid = sid
@@ -77,3 +78,5 @@ class H2Stream:
         self.done = False
         self.window_waiter: asyncio.Future[None] | None = None
         self.started = started
+        # The upstream connection while Router.start's callback path waits for its answer.
+        self.upstream: Any = None

@@ -32,7 +32,9 @@ import h2.exceptions
 import h2.settings
 
 from sidecar.codec.events import ResponseHead
+from sidecar.codec.hpack import install as install_hpack
 from sidecar.flow_control import WriteFlowControl
+from sidecar.http.h2_state import Connection
 from sidecar.http.message import BodyReset, BodyStream
 from sidecar.timers import LazyDeadline
 from sidecar.upstream.http1 import UpstreamClosed, UpstreamProtocolError, UpstreamTimeout
@@ -192,7 +194,8 @@ class Http2UpstreamConnection(asyncio.Protocol):
         self.loop = asyncio.get_event_loop()
         self.high_watermark = high_watermark
         config = h2.config.H2Configuration(client_side=True, header_encoding="latin-1")
-        self.h2 = h2.connection.H2Connection(config=config)
+        self.h2 = Connection(config=config)
+        install_hpack(self.h2)
         self.stream_window = stream_window
         self.connection_window = connection_window
         self.transport: asyncio.Transport | None = None
@@ -207,6 +210,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
         # and the connection given streams.
         self.ready: asyncio.Future[None] = self.loop.create_future()
         self.ping_timeout_handle: asyncio.TimerHandle | None = None
+        self.send_pending = False        # a _send is scheduled for this loop iteration
 
     # --- capacity, as the pool sees it -------------------------------------------
 
@@ -250,7 +254,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
             del self.streams[sid]
             stream.fail(UpstreamProtocolError(f"cannot open stream: {e}"))
             return
-        self._send()
+        self._send_soon()
 
     def flush_stream(self, stream: Http2Stream) -> None:
         """Send what the windows allow of the stream's pending body; END_STREAM when done."""
@@ -281,14 +285,14 @@ class Http2UpstreamConnection(asyncio.Protocol):
         if stream.write_paused and stream.pending_size <= self.high_watermark // 2:
             stream.write_paused = False
             stream.release_writers()
-        self._send()
+        self._send_soon()
 
     def acknowledge(self, stream: Http2Stream, length: int) -> None:
         try:
             self.h2.acknowledge_received_data(length, stream.stream_id)
         except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
             return
-        self._send()
+        self._send_soon()
 
     def reset_stream(self, stream: Http2Stream, code: int) -> None:
         self.streams.pop(stream.stream_id, None)
@@ -297,7 +301,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
                 self.h2.reset_stream(stream.stream_id, code)
             except (h2.exceptions.StreamClosedError, h2.exceptions.ProtocolError):
                 pass
-            self._send()
+            self._send_soon()
         stream.fail(UpstreamClosed(stream.head_received))
         self.pool.stream_released(self)
         self._maybe_idle()
@@ -333,9 +337,18 @@ class Http2UpstreamConnection(asyncio.Protocol):
         self.pool.stats.upstream_cx_destroy_local += 1
         self.transport.close()  # type: ignore[union-attr]
 
+    def _send_soon(self) -> None:
+        """Write what h2 has queued at the end of this loop iteration: a request's HEADERS,
+        DATA and END_STREAM (and those of the other streams started meanwhile) go out in
+        one write syscall instead of one each."""
+        if not self.send_pending:
+            self.send_pending = True
+            self.loop.call_soon(self._send)
+
     def _send(self) -> None:
+        self.send_pending = False
         data = self.h2.data_to_send()
-        if data and self.transport is not None and not self.closed:
+        if data and self.transport is not None and not self.closed and not self.transport.is_closing():
             self.pool.stats.upstream_cx_tx_bytes_total += len(data)
             self.transport.write(data)
 

@@ -95,6 +95,25 @@ def test_client_reset_aborts_the_upstream_request(proxy):
     assert d["http.h2.downstream_rq_rx_reset"] == 1
 
 
+def test_client_reset_while_a_pooled_upstream_answers(proxy):
+    """A warm pooled connection takes the router's callback path (no task): a client reset
+    while the upstream takes its time drops that upstream connection, and the request is
+    counted as sent, as on the coroutine path and in Envoy."""
+    with H2Client(proxy.ports["h2"]) as c:
+        assert c.get("/warm").status == 200
+        delta = StatsDelta(proxy)
+        sid = c.request("/delay?s=2")
+        time.sleep(0.3)
+        c.reset(sid)
+        time.sleep(0.3)
+        assert c.get("/after").status == 200
+        assert c.streams[sid].status == 0
+    d = delta()
+    assert d["cluster.up.upstream_rq_total"] == 2
+    assert d["cluster.up.upstream_cx_destroy"] == 1
+    assert d["http.h2.downstream_rq_rx_reset"] == 1
+
+
 def test_client_reset_mid_response_body(proxy):
     delta = StatsDelta(proxy)
     with H2Client(proxy.ports["h2"], timeout=10) as c:

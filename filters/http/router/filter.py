@@ -135,6 +135,10 @@ class Router:
         def on_head(outcome: Any) -> None:
             stats.upstream_rq_active -= 1
             host.active_requests -= 1
+            if "DC" in request.info.response_flags:
+                # The client went away and its connection manager aborted this exchange:
+                # nothing more to count or answer, as when the coroutine path is cancelled.
+                return
             try:
                 if type(outcome) is tuple:
                     head = outcome[0]

@@ -109,7 +109,7 @@ class Router:
         name, weighted = route_cluster(request, action)
         cluster = self.clusters.get(name)
         if (cluster is None or cluster.stats.upstream_rq_active >= cluster.max_requests
-                or cluster.config.http2):
+                or upstream_http2(cluster.config, request)):
             return None     # (max_requests reached: the coroutine path answers 503 UO)
         hash_key = None
         if action.hash_policy and cluster.config.lb_policy in HASHING_POLICIES:
@@ -124,7 +124,7 @@ class Router:
             return None
         pool = host.pool
         if type(pool) is DualPool:
-            pool = pool.http1()     # (only HTTP/1 downstreams come this way)
+            pool = pool.http1()     # (requests going upstream over HTTP/2 returned above)
         conn = pool.take_idle()
         if conn is None:
             request.upstream_pick = (name, weighted, host)   # the coroutine path connects there

@@ -452,7 +452,7 @@ class Http2Connection(asyncio.Protocol):
             self.stats.downstream_rq_tx_reset += 1
             self._reset_stream(stream, _ERR.INTERNAL_ERROR)
             if type(reset) is DurationReached:
-                self._reset_done(stream, status, headers)
+                self._reset_done(stream, response.status, response.headers)
             return False
         if stream.done or self.closing:
             return False

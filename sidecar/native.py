@@ -47,6 +47,8 @@ HOT_PATH = (
     "sidecar.http.h2_frames",
     "sidecar.http.h2_headers",
     "sidecar.http.h2_stream",
+    "sidecar.http.h2_respond",
+    "sidecar.http.h2_intake",
     "sidecar.http.connection_h2",
     "sidecar.upstream.host",
     "sidecar.upstream.lb",

@@ -1,0 +1,172 @@
+"""HTTP/2 request intake: the client's HEADERS, DATA, trailers and RST_STREAM for its streams,
+turned into ``Request`` objects and their bodies; each stream is routed and started on
+Router.start's callback path or in a task of its own (h2_respond.py answers it).
+
+Request bodies are flow-controlled (RFC 9113 5.2): received DATA is acknowledged
+(WINDOW_UPDATE) at once while the stream's body buffer is under its watermark
+(per_connection_buffer_limit_bytes), and only once the upstream has read it down
+otherwise: a slow upstream closes the client's window instead of growing our buffer
+(as Envoy's read-disabled streams).
+
+Plain functions over the connection's state (connection_h2.Http2Connection), called
+from its frame dispatch; compiled, they cost what its methods did.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+import h2.errors
+import h2.exceptions
+
+from sidecar.http.h2_guard import is_premature
+from sidecar.http.h2_respond import abandon, answered, serve, wake_window
+from sidecar.http.h2_stream import H2Stream, header_limit, split_headers
+from sidecar.http.message import BodyReset, BodyStream, Request
+from sidecar.http.request_headers import forwarded_headers
+
+if TYPE_CHECKING:
+    from sidecar.http.connection_h2 import Http2Connection
+
+_ERR = h2.errors.ErrorCodes
+
+
+def on_request(conn: Http2Connection, event: Any) -> None:
+    """A request's HEADERS: a new stream, refused, or routed and started."""
+    sid = event.stream_id
+    ctx = conn.ctx
+    cfg = ctx.config
+    stats = conn.stats
+    stats.downstream_rq_total += 1
+    stats.downstream_rq_http2_total += 1
+    conn.guard.inbound_streams += 1
+    conn.guard.payload_frame()
+    if not conn.draining:
+        conn.last_stream = sid
+    refused = header_limit(event.headers, cfg.max_headers_count, cfg.max_request_headers_kb * 1024)
+    if refused:
+        refuse(conn, sid, refused)
+        return
+    method, path, authority, scheme, headers, content_length, expect_continue = \
+        split_headers(event.headers)
+    if conn.draining:
+        # After our GOAWAY: not processed, the client may retry it elsewhere.
+        conn.h2stats.tx_reset += 1
+        conn.h2.reset_stream(sid, _ERR.REFUSED_STREAM)
+        return
+    headers, host = forwarded_headers(headers, cfg, conn.remote_ip, expect_continue)
+    if not authority:
+        authority = host
+    # (allow_connect is off: a CONNECT, which has no :path, matches no route: 404, as Envoy.)
+    if not authority or (path and path[0] != "/" and path != "*"):
+        # No :authority nor Host, or a :path that is no path: a malformed request
+        # ends the connection (Envoy).
+        conn.h2stats.rx_messaging_error += 1
+        stats.downstream_rq_rx_reset += 1
+        conn.close_with(_ERR.PROTOCOL_ERROR, protocol_error=True)
+        return
+    body = None
+    if not event.stream_ended:
+        body = BodyStream(ctx.buffer_limit)
+    request = Request(method, path, authority, scheme or "http", headers, body, "2", True,
+                      content_length if body is not None else None,
+                      body is not None and content_length is None)
+    info = request.info
+    info.downstream_remote_address = conn.peer
+    info.downstream_local_address = conn.local
+    now = ctx.loop.time()
+    info.start_time = now
+    stream = H2Stream(sid, request, body, now)
+    if body is not None:
+        body.on_pause = lambda: pause_stream(stream)
+        body.on_resume = lambda: resume_stream(conn, stream)
+    conn.streams[sid] = stream
+    stats.downstream_rq_active += 1
+    conn.h2stats.streams_active += 1
+    conn.idle.clear()
+    if expect_continue:
+        # Envoy answers 100-continue itself (proxy_100_continue off).
+        conn.h2.send_headers(sid, [(b":status", b"100")])
+    request.route = ctx.route_table.select(authority, path, method, headers, request.scheme)
+    if ctx.router is not None and body is None and "#" not in path:
+        # The chain is just the router: let it forward without a task if it can.
+        stream.upstream = ctx.router.start(request, lambda outcome: answered(conn, stream, outcome))
+    if stream.upstream is None:
+        stream.task = ctx.loop.create_task(serve(conn, stream))
+    conn.requests += 1
+    limit = cfg.max_requests_per_connection
+    if limit and conn.requests >= limit:
+        conn.drain()
+
+
+def refuse(conn: Http2Connection, sid: int, stat: str, code: int = _ERR.INTERNAL_ERROR) -> None:
+    """Reset a stream before it reached the filter chain (Envoy: the codec refused it)."""
+    h2stats = conn.h2stats
+    setattr(h2stats, stat, getattr(h2stats, stat) + 1)
+    h2stats.tx_reset += 1
+    conn.stats.downstream_rq_rx_reset += 1
+    try:
+        conn.h2.reset_stream(sid, code)
+    except h2.exceptions.StreamClosedError:
+        pass
+
+
+def on_data(conn: Http2Connection, event: Any) -> None:
+    """DATA: into the stream's body, its window given back at once unless the body is paused."""
+    sid = event.stream_id
+    length = event.flow_controlled_length
+    if not event.data and event.stream_ended is None and length == 0:
+        if conn.flood_check(conn.guard.empty_frame()):
+            return
+    else:
+        conn.guard.payload_frame()
+    stream = conn.streams.get(sid)
+    body = stream.body if stream is not None else None
+    if body is None or stream.done:  # type: ignore[union-attr]
+        # Nobody will read it (the stream is over): give the window back now.
+        if length:
+            conn.h2.acknowledge_received_data(length, sid)
+        return
+    body.feed(event.data)
+    if stream.paused:  # type: ignore[union-attr]
+        stream.unacked += length  # type: ignore[union-attr]
+    elif length:
+        conn.h2.acknowledge_received_data(length, sid)
+
+
+def pause_stream(stream: H2Stream) -> None:
+    stream.paused = True
+
+
+def resume_stream(conn: Http2Connection, stream: H2Stream) -> None:
+    """The upstream read the body down: give the client its window back."""
+    stream.paused = False
+    unacked, stream.unacked = stream.unacked, 0
+    if unacked and not conn.closing:
+        conn.h2.acknowledge_received_data(unacked, stream.sid)
+        conn.flush_soon()
+
+
+def on_trailers(conn: Http2Connection, event: Any) -> None:
+    conn.h2stats.trailers += 1
+    stream = conn.streams.get(event.stream_id)
+    if stream is not None and stream.body is not None:
+        stream.body.feed_eof([(n.decode("latin-1"), v.decode("latin-1"))
+                              for n, v in event.headers])
+
+
+def on_reset(conn: Http2Connection, sid: int) -> None:
+    """The client reset a stream (RST_STREAM): stop serving it; its upstream request ends."""
+    conn.h2stats.rx_reset += 1
+    stream = conn.streams.get(sid)
+    if stream is None or stream.done:
+        return
+    if stream.body is not None:
+        stream.body.reset(BodyReset("downstream reset the stream"))
+    wake_window(stream)
+    abandon(conn, stream)
+    premature = is_premature(conn.ctx.loop.time() - stream.started, stream.status != 0)
+    if conn.guard.stream_closed(premature) and not conn.closing:
+        conn.stats.downstream_rq_too_many_premature_resets += 1
+        conn.stats.downstream_cx_protocol_error += 1
+        conn.abort()

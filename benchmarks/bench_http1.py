@@ -187,7 +187,7 @@ def proc_tree(pid: int) -> list[int]:
     return out
 
 
-def cpu_seconds(pid: int) -> tuple[float, float]:
+def cpu_split(pid: int) -> tuple[float, float]:
     """(utime, stime) of pid and its descendants, all threads, in seconds."""
     utime = stime = 0
     for p in proc_tree(pid):
@@ -202,6 +202,11 @@ def cpu_seconds(pid: int) -> tuple[float, float]:
         utime += int(rest[11])
         stime += int(rest[12])
     return utime / CLK_TCK, stime / CLK_TCK
+
+
+def cpu_seconds(pid: int) -> float:
+    """utime + stime of pid and its descendants (what bench_h2/grpc/xds measure)."""
+    return sum(cpu_split(pid))
 
 
 def free_envoy_base_id() -> int:
@@ -485,10 +490,10 @@ def wait_ready(proc: Proc) -> None:
 def run_wrk(wrk: str, lua: Path, port: int, conns: int, duration: int, pid: int | None) -> Sample:
     argv = [wrk, "-t1", f"-c{conns}", f"-d{duration}s", "--timeout", "5s", "-s", str(lua),
             f"http://127.0.0.1:{port}/"]
-    before = cpu_seconds(pid) if pid is not None else (0.0, 0.0)
+    before = cpu_split(pid) if pid is not None else (0.0, 0.0)
     res = subprocess.run(argv, stdin=subprocess.DEVNULL, capture_output=True, text=True,
                          timeout=duration + 30)
-    after = cpu_seconds(pid) if pid is not None else (0.0, 0.0)
+    after = cpu_split(pid) if pid is not None else (0.0, 0.0)
     m = re.search(r"^BENCH (.*)$", res.stdout, re.M)
     if res.returncode != 0 or not m:
         raise RuntimeError(f"wrk failed (rc {res.returncode}): {res.stdout}{res.stderr}")

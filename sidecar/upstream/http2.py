@@ -1,13 +1,13 @@
 """One HTTP/2 (h2c, prior knowledge) connection to an upstream host, its streams multiplexed.
 
 Http2UpstreamConnection is the asyncio protocol around the h2 library's client
-state machine.  Each request is an Http2Stream, which gives the router the same
-verbs as an HTTP/1 upstream connection: ``send_head`` (here a header list with
-the pseudo-headers), ``write`` / ``wait_writable`` (request body, within the
-peer's flow-control windows), ``finish_request`` (END_STREAM, or trailers),
-``route_deadline`` and ``abort`` (RST_STREAM CANCEL).  The response head comes
-to the same kind of waiter: the head, and the body as bytes when the whole
-response came in one read, else a BodyStream (with trailers, as gRPC needs).
+state machine: it opens, flushes and resets its streams' frames, and turns h2's
+events into calls on the streams (sidecar/upstream/http2_stream.py), which are
+what the router holds.  Its pool (sidecar/upstream/pool_h2.py) asks it for room
+(``capacity``) and new streams, and hears back when a stream ends or it closes.
+
+Writes are coalesced: what h2 queues during one loop iteration goes out in one
+write (``_send_soon``).
 
 Backpressure on the response: DATA is acknowledged (WINDOW_UPDATE) as it is
 handed to the body stream, except while that stream is above its watermark: the
@@ -33,11 +33,12 @@ import h2.settings
 
 from sidecar.codec.events import ResponseHead
 from sidecar.codec.hpack import install as install_hpack
-from sidecar.flow_control import WriteFlowControl
 from sidecar.http.h2_state import Connection
-from sidecar.http.message import BodyReset, BodyStream
+from sidecar.http.message import BodyStream
 from sidecar.timers import LazyDeadline
-from sidecar.upstream.http1 import UpstreamClosed, UpstreamProtocolError, UpstreamTimeout
+from sidecar.upstream.http1 import UpstreamClosed, UpstreamProtocolError
+from sidecar.upstream.http2_headers import response_head
+from sidecar.upstream.http2_stream import Http2Stream, UpstreamRefused, UpstreamReset
 
 if TYPE_CHECKING:
     from sidecar.upstream.pool_h2 import Http2Pool
@@ -47,146 +48,11 @@ if TYPE_CHECKING:
 DEFAULT_STREAM_WINDOW = 256 * 1024 * 1024
 DEFAULT_CONNECTION_WINDOW = 1024 * 1024
 
-# Request headers HTTP/2 forbids (RFC 9113 8.2.2): the router's HTTP/1 framing headers.
-CONNECTION_SPECIFIC = frozenset(("connection", "keep-alive", "proxy-connection",
-                                 "transfer-encoding", "upgrade", "host"))
-
-
-class UpstreamRefused(UpstreamClosed):
-    """The upstream did not process the stream (REFUSED_STREAM, or above a GOAWAY's last
-    stream id): the request may be sent again, on another connection."""
-
-    def __init__(self) -> None:
-        super().__init__(received_any=False)
-
-
-class UpstreamReset(UpstreamClosed):
-    """The upstream reset the stream (RST_STREAM) before the response head."""
-
-    def __init__(self, error_code: int) -> None:
-        super().__init__(received_any=True)
-        self.error_code = error_code
-
-
-ResponseStart = tuple[ResponseHead, "bytes | BodyStream"]
-
-
-class Http2Stream(WriteFlowControl):
-    """One request/response exchange."""
-
-    __slots__ = ("conn", "stream_id", "head_waiter", "body", "closed", "head_received",
-                 "request_done", "response_done", "pending", "pending_size", "trailers",
-                 "write_paused", "drain_waiter", "route_deadline", "unacked", "reading_paused",
-                 "ended", "uploader")
-
-    def __init__(self, conn: Http2UpstreamConnection) -> None:
-        self.conn = conn
-        self.stream_id = 0
-        self.head_waiter: asyncio.Future[ResponseStart] | None = None
-        self.body: BodyStream | None = None
-        self.closed = False              # reset, or the connection is gone
-        self.head_received = False
-        self.request_done = False
-        self.response_done = False
-        self.ended = False               # END_STREAM sent
-        self.pending: list[bytes] = []   # request body waiting for window
-        self.pending_size = 0
-        self.trailers: list[tuple[str, str]] | None = None
-        self.write_paused = False
-        self.drain_waiter: asyncio.Future[None] | None = None
-        self.route_deadline = LazyDeadline(conn.loop, self.time_out)
-        self.unacked = 0                 # DATA held back while the body stream is paused
-        self.reading_paused = False
-        # The task sending the request body while the response comes (the router's).
-        self.uploader: asyncio.Future[None] | None = None
-
-    # --- used by the router ----------------------------------------------------
-
-    def send_head(self, headers: list[tuple[str, str]], end_stream: bool
-                  ) -> asyncio.Future[ResponseStart]:
-        """Open the stream with HEADERS; the response head comes to the future returned."""
-        self.head_waiter = self.conn.loop.create_future()
-        self.conn.open_stream(self, headers, end_stream)
-        if end_stream:
-            self.request_done = self.ended = True
-        return self.head_waiter
-
-    def write(self, data: bytes) -> None:
-        if self.closed or not data:
-            return
-        self.pending.append(data)
-        self.pending_size += len(data)
-        self.conn.flush_stream(self)
-        if self.pending_size > self.conn.high_watermark:
-            self.write_paused = True
-
-    def finish_request(self, trailers: list[tuple[str, str]] | None = None) -> None:
-        """The whole request body has been written: END_STREAM (on the trailers, if any)."""
-        self.request_done = True
-        self.trailers = trailers
-        if not self.closed:
-            self.conn.flush_stream(self)
-        self._maybe_done()
-
-    def time_out(self) -> None:
-        """The route timeout fired before the response head: fail the wait, reset the stream."""
-        self._resolve(UpstreamTimeout())
-        self.abort()
-
-    def abort(self) -> None:
-        """Reset the stream (the downstream went away, or the request timed out)."""
-        self.stop_upload()
-        if not self.closed:
-            self.conn.reset_stream(self, h2.errors.ErrorCodes.CANCEL)
-
-    def stop_upload(self) -> None:
-        uploader, self.uploader = self.uploader, None
-        if uploader is not None:
-            uploader.cancel()
-
-    # --- driven by the connection -------------------------------------------------
-
-    def pause_reading(self) -> None:
-        self.reading_paused = True
-
-    def resume_reading(self) -> None:
-        self.reading_paused = False
-        if self.unacked:
-            unacked, self.unacked = self.unacked, 0
-            self.conn.acknowledge(self, unacked)
-
-    def _resolve(self, outcome: ResponseStart | Exception) -> None:
-        waiter, self.head_waiter = self.head_waiter, None
-        if waiter is not None and not waiter.done():
-            if isinstance(outcome, Exception):
-                waiter.set_exception(outcome)
-            else:
-                waiter.set_result(outcome)
-
-    def deliver(self, head: ResponseHead, body: bytes | BodyStream) -> None:
-        self.head_received = True
-        self.route_deadline.clear()
-        self._resolve((head, body))
-
-    def fail(self, error: Exception) -> None:
-        """The stream ended abnormally (reset, connection lost, refused)."""
-        if self.closed:
-            return
-        self.closed = True
-        self.route_deadline.cancel()
-        self._resolve(error)
-        if self.body is not None and not self.response_done:
-            self.body.reset(BodyReset("upstream stream reset mid-body"))
-        self.release_writers()
-
-    def _maybe_done(self) -> None:
-        if self.request_done and self.response_done and not self.closed:
-            self.closed = True
-            self.route_deadline.cancel()
-            self.conn.stream_done(self)
-
 
 class Http2UpstreamConnection(asyncio.Protocol):
+    """One h2c connection, owned by its Http2Pool: the h2 state machine, the socket, and
+    the Http2Streams open on it (``streams``, by stream id)."""
+
     def __init__(self, pool: Http2Pool, stream_window: int = DEFAULT_STREAM_WINDOW,
                  connection_window: int = DEFAULT_CONNECTION_WINDOW,
                  high_watermark: int = 1024 * 1024) -> None:
@@ -426,7 +292,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
                 stream = streams.get(event.stream_id)
                 if stream is None:
                     continue
-                head = _response_head(event.headers)
+                head = response_head(event.headers)
                 if head is None:
                     self.reset_stream(stream, h2.errors.ErrorCodes.PROTOCOL_ERROR)
                     continue
@@ -448,7 +314,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
                         self._start_body(stream, *started)
                     if stream.body is not None:
                         stream.body.feed_eof(trailers)
-                stream._maybe_done()
+                stream.maybe_done()
             elif kind is h2.events.StreamReset:
                 stream = streams.pop(event.stream_id, None)
                 starting.pop(event.stream_id, None)
@@ -510,31 +376,3 @@ class Http2UpstreamConnection(asyncio.Protocol):
         for stream in streams.values():
             stream.fail(error if error is not None else UpstreamClosed(stream.head_received))
 
-
-def _response_head(headers: list[tuple[str, str]]) -> ResponseHead | None:
-    """The response head from HEADERS (h2 has validated the pseudo-headers)."""
-    status = 0
-    regular = []
-    length: int | None = None
-    for name, value in headers:
-        if name == ":status":
-            status = int(value)
-        elif name[0] != ":":
-            regular.append((name, value))
-            if name == "content-length":
-                length = int(value) if value.isdigit() else None
-    if not 200 <= status <= 999:
-        return None
-    return ResponseHead(status, "", "2", regular, True, False, length)
-
-
-def request_headers(method: str, path: str, authority: str, scheme: str,
-                    headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
-    """HTTP/1-style request parts as an HTTP/2 header list (connection headers dropped;
-    ``te`` kept only as ``trailers``, RFC 9113 8.2.2)."""
-    out = [(":method", method), (":scheme", scheme), (":authority", authority), (":path", path)]
-    for name, value in headers:
-        if name in CONNECTION_SPECIFIC or (name == "te" and value.lower() != "trailers"):
-            continue
-        out.append((name, value))
-    return out

@@ -7,16 +7,13 @@ shows the state, and tests assert on it.
 from __future__ import annotations
 
 import asyncio
-import os
-import logging
 from collections.abc import Callable
 from typing import Any
 
 from sidecar.http import local_reply
 from sidecar.stats import ClusterStats
+from sidecar.upstream.connect_failure import connect_failed
 from sidecar.upstream.http1 import Http1UpstreamConnection
-
-log = logging.getLogger(__name__)
 
 
 class Http1Pool:
@@ -144,18 +141,11 @@ class Http1Pool:
                     lambda: Http1UpstreamConnection(self, self.parser_factory(), self.buffer_limit),
                     self.address, self.port, local_addr=self.local_addr)
             connected = True
-        except TimeoutError:
-            stats.upstream_cx_connect_fail += 1
-            stats.upstream_cx_connect_timeout += 1
-            self.cx_connect_fail += 1
-            if route_deadline_first:
+        except OSError as e:    # TimeoutError is one too; connect_failed tells them apart
+            reply = connect_failed(self, e)
+            if route_deadline_first and isinstance(e, TimeoutError):
                 raise local_reply.upstream_timeout() from None
-            raise local_reply.connect_timeout() from None
-        except OSError as e:
-            stats.upstream_cx_connect_fail += 1
-            self.cx_connect_fail += 1
-            log.debug("connect to %s:%s failed: %s", self.address, self.port, e)
-            raise local_reply.connect_failure(os.strerror(e.errno) if e.errno else "") from None
+            raise reply() from None
         finally:
             self.connecting -= 1
             if breaker is not None:

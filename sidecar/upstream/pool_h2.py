@@ -15,18 +15,16 @@ or None), ``acquire(deadline)`` (a stream, waiting and connecting as needed),
 from __future__ import annotations
 
 import asyncio
-import logging
-import os
 from collections.abc import Callable
 from typing import Any
 
 from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
 from sidecar.stats import ClusterStats
+from sidecar.upstream.connect_failure import connect_failed
 from sidecar.upstream.http2 import (DEFAULT_CONNECTION_WINDOW, DEFAULT_STREAM_WINDOW,
-                                    Http2Stream, Http2UpstreamConnection)
-
-log = logging.getLogger(__name__)
+                                    Http2UpstreamConnection)
+from sidecar.upstream.http2_stream import Http2Stream
 
 
 class Http2Pool:
@@ -155,19 +153,11 @@ class Http2Pool:
                                                     self.connection_window, self.buffer_limit),
                     self.address, self.port, local_addr=self.local_addr)
                 await conn.ready        # the server's SETTINGS: its stream limit
-        except TimeoutError:
-            stats.upstream_cx_connect_fail += 1
-            stats.upstream_cx_connect_timeout += 1
-            self.cx_connect_fail += 1
-            error = local_reply.connect_timeout
-            if conn is not None and conn.transport is not None:
+        except OSError as e:    # TimeoutError is one too; connect_failed tells them apart
+            error = connect_failed(self, e)
+            if (isinstance(e, TimeoutError) and conn is not None
+                    and conn.transport is not None):
                 conn.transport.abort()      # connected, but no SETTINGS came
-        except OSError as e:
-            stats.upstream_cx_connect_fail += 1
-            self.cx_connect_fail += 1
-            log.debug("connect to %s:%s failed: %s", self.address, self.port, e)
-            reason = os.strerror(e.errno) if e.errno else ""
-            error = lambda: local_reply.connect_failure(reason)  # noqa: E731
         finally:
             self.connecting -= 1
             if breaker is not None:

@@ -1,7 +1,8 @@
-"""The HTTP/2 upstream connection and pool (sidecar/upstream/http2.py, pool_h2.py) against a real
-h2 server (tests/support/h2_upstream.py): multiplexing within the server's
-max_concurrent_streams, more connections when saturated, request bodies within flow-control
-windows, responses with trailers, resets, GOAWAY, refused streams, timeouts, keepalive."""
+"""The HTTP/2 upstream connection, its streams and pool (sidecar/upstream/http2.py,
+http2_stream.py, pool_h2.py) against a real h2 server (tests/support/h2_upstream.py):
+multiplexing within the server's max_concurrent_streams, more connections when saturated,
+request bodies within flow-control windows, responses with trailers, resets, GOAWAY, refused
+streams, timeouts, keepalive."""
 
 from __future__ import annotations
 
@@ -15,7 +16,8 @@ from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyStream
 from sidecar.stats import ClusterStats
 from sidecar.upstream.http1 import UpstreamClosed, UpstreamTimeout
-from sidecar.upstream.http2 import UpstreamRefused, UpstreamReset, request_headers
+from sidecar.upstream.http2_headers import request_headers
+from sidecar.upstream.http2_stream import UpstreamRefused, UpstreamReset
 from sidecar.upstream.pool_h2 import Http2Pool
 from tests.support.h2_upstream import H2Received, H2Reply, H2Upstream
 from tests.support.proxy import free_port

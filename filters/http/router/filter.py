@@ -32,8 +32,8 @@ from sidecar.http.message import BodyReset, BodyStream, Request, Response
 from sidecar.http.route_table import RouteEntry, route_cluster
 from sidecar.upstream.http1 import (Http1UpstreamConnection, UpstreamClosed, UpstreamProtocolError,
                                     UpstreamTimeout)
-from sidecar.upstream.http2 import UpstreamRefused
-from sidecar.upstream.http2 import request_headers as h2_request_headers
+from sidecar.upstream.http2_headers import request_headers as h2_request_headers
+from sidecar.upstream.http2_stream import UpstreamRefused
 from sidecar.upstream.lb import HASHING_POLICIES
 from sidecar.upstream.pool_dual import DualPool, upstream_http2
 from sidecar.upstream.pool_h2 import Http2Pool

@@ -11,7 +11,7 @@ from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import Request
 from sidecar.upstream.http1 import UpstreamProtocolError, UpstreamTimeout
-from sidecar.upstream.http2 import UpstreamRefused, UpstreamReset
+from sidecar.upstream.http2_stream import UpstreamRefused, UpstreamReset
 
 # Request body bytes held for resending on a fresh connection (see Router.exchange)
 # when the route has no retry policy; with one, the retry buffer limit applies.

@@ -43,8 +43,9 @@ from sidecar.upstream.http2_stream import Http2Stream, UpstreamRefused, Upstream
 if TYPE_CHECKING:
     from sidecar.upstream.pool_h2 import Http2Pool
 
-# Our receive windows (Envoy's defaults for http2_protocol_options: 256 MiB per stream,
-# 1 MiB per connection, are larger; the response body's watermark bounds what we hold).
+# Our receive windows when the cluster's http2_protocol_options set none: what is received
+# is acknowledged only as the downstream takes it, so the response body's watermark, not
+# these, bounds what we hold.
 DEFAULT_STREAM_WINDOW = 256 * 1024 * 1024
 DEFAULT_CONNECTION_WINDOW = 1024 * 1024
 

@@ -26,7 +26,7 @@ from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyReset, BodyStream, DurationReached, Request, Response, StreamInfo
 from sidecar.http.request_headers import forwarded_headers
 from sidecar.http.responding import add_date_server, local_response, log_access
-from sidecar.http.upgrade import HeldTunnelBytes, Tunnel, upgrade_allowed, upgrade_headers
+from sidecar.http.upgrade import HeldTunnelBytes, switch_protocols, upgrade_request_fields
 from sidecar.timers import LazyDeadline
 
 if TYPE_CHECKING:
@@ -146,19 +146,19 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
                 authority, target = (rest, "/") if slash < 0 else (rest[:slash], rest[slash:])
             else:
                 self.stats.downstream_rq_non_relative_path += 1
-                self._refuse(head, authority, target, 400, "http1.invalid_url")
+                self.refuse(head, authority, target, 400, "http1.invalid_url")
                 return
         if not authority:
-            self._refuse(head, authority, target, 400, "missing_host_header")
+            self.refuse(head, authority, target, 400, "missing_host_header")
             return
         if "#" in target:
             # A fragment never belongs in a request target: Envoy refuses it while
             # normalizing the path, before routing.
-            self._refuse(head, authority, target, 400, "path_normalization_failed")
+            self.refuse(head, authority, target, 400, "path_normalization_failed")
             return
         upgrade: list[tuple[str, str]] | None = None
         if head.upgrade:
-            upgrade = self._upgrade(head, authority, target, headers)
+            upgrade = upgrade_request_fields(self, head, authority, target, headers)
             if upgrade is None and self.closing:
                 return
         if head.expect_continue:
@@ -185,27 +185,6 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
             self._pause_reading()
         else:
             self._start(request)
-
-    def _upgrade(self, head: RequestHead, authority: str, target: str,
-                 headers: list[tuple[str, str]]) -> list[tuple[str, str]] | None:
-        """An Upgrade request: the Upgrade/Connection fields to forward when its route
-        allows the upgrade; None for "serve it as a plain request" or after a refusal.
-        The connection closes after the answer either way (the parser stopped at it)."""
-        kind = next(v for k, v in head.headers if k == "upgrade").strip()
-        if kind.lower() == "h2c":
-            # Envoy drops an h2c upgrade offer and serves the request over HTTP/1.1.
-            headers[:] = [h for h in headers if h[0] != "http2-settings"]
-            return None
-        route = self.ctx.route_table.select(authority, target, head.method, headers, "http")
-        if route is None or not upgrade_allowed(self.ctx.config.upgrade_configs,
-                                                route.action, kind):
-            self._refuse(head, authority, target, 403, "upgrade_failed")
-            return None
-        if head.chunked or head.content_length:
-            # llhttp hands the body's bytes over as the tunnel's; neither reading is safe.
-            self._refuse(head, authority, target, 400, "upgrade_with_body")
-            return None
-        return upgrade_headers(head.headers)
 
     def _pause_reading(self) -> None:
         if not self.reading_paused and not self.closing:
@@ -259,7 +238,7 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
             self._abandoned(request)
             self.transport.abort()  # type: ignore[union-attr]
             return
-        self._finish(request, response.status, response.headers, keep_open)
+        self.finish(request, response.status, response.headers, keep_open)
 
     async def _respond(self, request: Request) -> None:
         """The coroutine path: the whole filter chain, then the response."""
@@ -274,7 +253,7 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
                 info.set_flag("DC")
                 info.response_code_details = "downstream_remote_disconnect"
                 self.stats.downstream_rq_rx_reset += 1
-                self._finish(request, 0, [], False)
+                self.finish(request, 0, [], False)
                 return
             except Exception:
                 log.exception("bug: unhandled error answering %s %s", request.method, request.path)
@@ -286,7 +265,7 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
 
     async def _send(self, request: Request, response: Response) -> None:
         if response.upgraded is not None:
-            self._switch_protocols(request, response)
+            switch_protocols(self, request, response)
             return
         keep_open = self._frame(request, response)
         if type(response.body) is BodyStream:
@@ -299,35 +278,12 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
                 raise
         else:
             keep_open = self._write_whole(request, response, keep_open)
-        self._finish(request, response.status, response.headers, keep_open)
+        self.finish(request, response.status, response.headers, keep_open)
 
-    def _switch_protocols(self, request: Request, response: Response) -> None:
-        """The upstream said 101: write it, then splice the two connections."""
-        upstream, from_upstream = response.upgraded  # type: ignore[misc]
-        if self.closing:
-            upstream.abort()
-            return
-        add_date_server(response.headers, self.ctx.config)
-        head = serialize_response_head(101, response.headers)
-        self.transport.write(head)  # type: ignore[union-attr]
-        stats = self.stats
-        stats.downstream_cx_tx_bytes_total += len(head)
-        stats.downstream_cx_upgrades_total += 1
-        stats.downstream_cx_upgrades_active += 1
-
-        def ended(flag: str) -> None:
-            stats.downstream_cx_upgrades_active -= 1
-            request.info.set_flag(flag)
-            self._finish(request, 101, response.headers, False)
-
-        held = self.parser.take()
-        tunnel = Tunnel(self, upstream, request.info, stats, upstream.pool.stats,
-                        self.ctx.config.stream_idle_timeout, ended)
-        tunnel.start(held, from_upstream)
-
-    def _finish(self, request: Request, status: int, headers: list[tuple[str, str]],
+    def finish(self, request: Request, status: int, headers: list[tuple[str, str]],
                 keep_open: bool) -> None:
-        """The current request is over: count and log it, then serve the next or close."""
+        """The current request is over: count and log it, then serve the next or close
+        (public: an upgraded request's tunnel, in sidecar.http.upgrade, ends through it)."""
         stats = self.stats
         stats.downstream_rq_active -= 1
         if status:
@@ -460,9 +416,10 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         reply = LocalReply(status, body.encode(), "", details, close_connection=True)
         self._send_and_close(reply)
 
-    def _refuse(self, head: RequestHead, authority: str, target: str, status: int,
+    def refuse(self, head: RequestHead, authority: str, target: str, status: int,
                 details: str) -> None:
-        """_reject a request whose head was read, logging it as Envoy does."""
+        """_reject a request whose head was read, logging it as Envoy does (public:
+        sidecar.http.upgrade refuses upgrades through it)."""
         self._reject(status, "", details)
         if self.ctx.access_logs:
             request = Request(head.method, target, authority, "http", head.headers, None,

@@ -1,4 +1,5 @@
-"""HTTP/1.1 Upgrade (WebSocket): which upgrades a route allows, and the tunnel after the 101.
+"""HTTP/1.1 Upgrade (WebSocket): which upgrades a route allows, the connection manager's
+two upgrade steps (the request's Upgrade fields, the 101), and the tunnel after it.
 
 Envoy's model: an upgrade request is routed and forwarded like any request, with
 its Upgrade and Connection headers kept; bytes the client sends after the head
@@ -9,18 +10,27 @@ been idle for the connection manager's stream_idle_timeout.  Any other answer is
 an ordinary response, after which the connection closes.
 
 The tunnel takes the two transports over with ``transport.set_protocol``, so
-the HTTP/1 connection manager's hot path pays nothing for it.
+the HTTP/1 connection manager's hot path pays nothing for it.  For the same
+reason the two steps live here as functions of the HttpConnection rather than
+as its methods: this module stays interpreted, and the compiled connection
+manager calls into it only for an Upgrade request.
 """
 
 from __future__ import annotations
 
 import asyncio
 from collections.abc import Callable
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from config import model
-from sidecar.codec.events import Headers
+from sidecar.codec.events import Headers, RequestHead
+from sidecar.codec.http1 import serialize_response_head
+from sidecar.http.responding import add_date_server
 from sidecar.timers import LazyDeadline
+
+if TYPE_CHECKING:
+    from sidecar.http.connection import HttpConnection
+    from sidecar.http.message import Request, Response
 
 
 def upgrade_allowed(configs: tuple[tuple[str, bool], ...], action: Any, kind: str) -> bool:
@@ -42,6 +52,52 @@ def upgrade_allowed(configs: tuple[tuple[str, bool], ...], action: Any, kind: st
 def upgrade_headers(headers: Headers) -> Headers:
     """The request's Upgrade and Connection fields, forwarded as the client sent them."""
     return [h for h in headers if h[0] == "upgrade" or h[0] == "connection"]
+
+
+def upgrade_request_fields(conn: HttpConnection, head: RequestHead, authority: str, target: str,
+                           headers: Headers) -> Headers | None:
+    """An Upgrade request: the Upgrade/Connection fields to forward when its route
+    allows the upgrade; None for "serve it as a plain request" or after a refusal.
+    The connection closes after the answer either way (the parser stopped at it)."""
+    kind = next(v for k, v in head.headers if k == "upgrade").strip()
+    if kind.lower() == "h2c":
+        # Envoy drops an h2c upgrade offer and serves the request over HTTP/1.1.
+        headers[:] = [h for h in headers if h[0] != "http2-settings"]
+        return None
+    route = conn.ctx.route_table.select(authority, target, head.method, headers, "http")
+    if route is None or not upgrade_allowed(conn.ctx.config.upgrade_configs, route.action, kind):
+        conn.refuse(head, authority, target, 403, "upgrade_failed")
+        return None
+    if head.chunked or head.content_length:
+        # llhttp hands the body's bytes over as the tunnel's; neither reading is safe.
+        conn.refuse(head, authority, target, 400, "upgrade_with_body")
+        return None
+    return upgrade_headers(head.headers)
+
+
+def switch_protocols(conn: HttpConnection, request: Request, response: Response) -> None:
+    """The upstream said 101: write it, then splice the two connections."""
+    upstream, from_upstream = response.upgraded  # type: ignore[misc]
+    if conn.closing:
+        upstream.abort()
+        return
+    add_date_server(response.headers, conn.ctx.config)
+    head = serialize_response_head(101, response.headers)
+    conn.transport.write(head)  # type: ignore[union-attr]
+    stats = conn.stats
+    stats.downstream_cx_tx_bytes_total += len(head)
+    stats.downstream_cx_upgrades_total += 1
+    stats.downstream_cx_upgrades_active += 1
+
+    def ended(flag: str) -> None:
+        stats.downstream_cx_upgrades_active -= 1
+        request.info.set_flag(flag)
+        conn.finish(request, 101, response.headers, False)
+
+    held = conn.parser.take()
+    tunnel = Tunnel(conn, upstream, request.info, stats, upstream.pool.stats,
+                    conn.ctx.config.stream_idle_timeout, ended)
+    tunnel.start(held, from_upstream)
 
 
 class HeldTunnelBytes:

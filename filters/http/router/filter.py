@@ -18,17 +18,17 @@ from config import model
 from filters.api import FilterContext
 from filters.http.router.factory import RouterConfig
 from filters.http.router.hash_policy import compute_hash
-from filters.http.router.headers import apply_mutations, redirect_location
+from filters.http.router.headers import apply_mutations, redirect_location, rewrite_path
 from filters.http.router.mirror import finish_shadows, start_shadows
 from filters.http.router.retrying import forward_retrying
 from filters.http.router.stream_duration import within_duration
 from filters.http.router.upstream_request import (REPLAY_LIMIT, SentBody, count_reply, held_body,
-                                                  host_failed, host_responded, reply_for)
+                                                  host_failed, host_responded, reply_for, upload_h2)
 from sidecar.codec.events import ResponseHead
 from sidecar.codec.http1 import LAST_CHUNK, encode_chunk, encode_last_chunk, serialize_request_head
 from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
-from sidecar.http.message import BodyReset, BodyStream, Request, Response
+from sidecar.http.message import BodyStream, Request, Response
 from sidecar.http.route_table import RouteEntry, route_cluster
 from sidecar.upstream.http1 import (Http1UpstreamConnection, UpstreamClosed, UpstreamProtocolError,
                                     UpstreamTimeout)
@@ -485,34 +485,3 @@ class Router:
         for mutations in entry.response_mutations:
             response.headers = apply_mutations(response.headers, mutations)
         return response
-
-async def upload_h2(body: BodyStream, stream: Any, sent: SentBody) -> None:
-    """Copy the rest of a request body to an HTTP/2 stream, within its flow-control windows,
-    then end it (with the request's trailers); a body that breaks off resets the stream."""
-    try:
-        async for chunk in body:
-            sent.add(chunk)
-            stream.write(chunk)
-            if stream.write_paused and not stream.closed:
-                await stream.wait_writable()
-            if stream.closed:
-                return
-    except BodyReset:
-        stream.abort()
-        return
-    sent.finished = True
-    stream.finish_request(body.trailers or None)
-
-
-def rewrite_path(path: str, match: model.RouteMatch, action: model.RouteAction) -> str:
-    """prefix_rewrite swaps the matched prefix (or path); regex_rewrite rewrites the path, keeping the query."""
-    if action.regex_rewrite is not None:
-        bare, sep, query = path.partition("?")
-        rewritten = action.regex_rewrite.pattern.sub(action.regex_rewrite.substitution, bare)
-        return rewritten + sep + query
-    prefix = action.prefix_rewrite or ""
-    if match.kind in ("prefix", "path", "path_separated_prefix"):
-        return prefix + path[len(match.value):]
-    # Envoy: with a regex match, prefix_rewrite replaces the whole path (query kept).
-    bare, sep, query = path.partition("?")
-    return prefix + sep + query

@@ -1,4 +1,5 @@
-"""Header work the router does: *_headers_to_add/remove at each level, and redirect Location."""
+"""Header and path work the router does: *_headers_to_add/remove at each level, path rewrites,
+redirect Location."""
 
 from __future__ import annotations
 
@@ -81,3 +82,17 @@ def redirect_location(request: Request, action: model.RedirectAction, route: mod
     if query:
         location += "?" + query
     return location
+
+
+def rewrite_path(path: str, match: model.RouteMatch, action: model.RouteAction) -> str:
+    """prefix_rewrite swaps the matched prefix (or path); regex_rewrite rewrites the path, keeping the query."""
+    if action.regex_rewrite is not None:
+        bare, sep, query = path.partition("?")
+        rewritten = action.regex_rewrite.pattern.sub(action.regex_rewrite.substitution, bare)
+        return rewritten + sep + query
+    prefix = action.prefix_rewrite or ""
+    if match.kind in ("prefix", "path", "path_separated_prefix"):
+        return prefix + path[len(match.value):]
+    # Envoy: with a regex match, prefix_rewrite replaces the whole path (query kept).
+    bare, sep, query = path.partition("?")
+    return prefix + sep + query

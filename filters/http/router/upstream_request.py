@@ -1,6 +1,7 @@
 """One upstream request's bookkeeping, shared by the router's plain and retrying paths:
-the request body held for resending (SentBody, held_body), and how an exchange that
-ended without a response head becomes a local reply and is counted."""
+the request body held for resending (SentBody, held_body) and copied to an HTTP/2
+stream as it arrives (upload_h2), and how an exchange that ended without a response
+head becomes a local reply and is counted."""
 
 from __future__ import annotations
 
@@ -9,7 +10,7 @@ from typing import Any
 from sidecar.codec.http1 import LAST_CHUNK, encode_chunk, encode_last_chunk
 from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
-from sidecar.http.message import Request
+from sidecar.http.message import BodyReset, BodyStream, Request
 from sidecar.upstream.http1 import UpstreamProtocolError, UpstreamTimeout
 from sidecar.upstream.http2_stream import UpstreamRefused, UpstreamReset
 
@@ -74,6 +75,24 @@ def held_body(request: Request, limit: int, framed: bool = True) -> SentBody:
             sent.add(encode_last_chunk(body.trailers) if body.trailers else LAST_CHUNK)  # type: ignore[union-attr]
         sent.finished = True
     return sent
+
+
+async def upload_h2(body: BodyStream, stream: Any, sent: SentBody) -> None:
+    """Copy the rest of a request body to an HTTP/2 stream, within its flow-control windows,
+    then end it (with the request's trailers); a body that breaks off resets the stream."""
+    try:
+        async for chunk in body:
+            sent.add(chunk)
+            stream.write(chunk)
+            if stream.write_paused and not stream.closed:
+                await stream.wait_writable()
+            if stream.closed:
+                return
+    except BodyReset:
+        stream.abort()
+        return
+    sent.finished = True
+    stream.finish_request(body.trailers or None)
 
 
 def count_reply(stats: Any, reply: LocalReply) -> None:

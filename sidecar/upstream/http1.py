@@ -223,7 +223,12 @@ class Http1UpstreamConnection(WriteFlowControl, asyncio.Protocol):
                 waiter.set_result(outcome)
 
     def _done(self) -> None:
-        self.body = None
+        if self.body is not None:
+            # A streamed body whose reader is behind has paused our reading; the body holds
+            # what came, and the connection goes back to the pool reading again (paused, the
+            # next request's answer would wait for the old reader, forever if it is gone).
+            self.transport.resume_reading()  # type: ignore[union-attr]
+            self.body = None
         self.pool.release(self)
 
     def _protocol_error(self) -> None:

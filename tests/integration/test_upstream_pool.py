@@ -104,3 +104,43 @@ def test_max_requests_per_connection(racy):
     with make_proxy(racy.port, max_requests_per_connection=1) as proxy:
         assert get_many(proxy.ports["web"], 3) == [200, 200, 200]
         assert racy.connections == 3 and racy.answered == 3   # never reused, so never raced
+
+
+
+@pytest.mark.parametrize("mib", [4, 5])
+def test_client_gone_after_the_body_came_leaves_the_reused_connection_alone(mib: int) -> None:
+    """A response body that came whole from the upstream while its client was still reading
+    returns the connection to the pool; if that client then goes away, the connection (now
+    carrying another request) must not be aborted, or that request reaches the upstream
+    twice (the resend after a closed pooled connection).  The body sizes are those for
+    which, on loopback here, the body is all in the proxy (so the connection is reused)
+    while the proxy is still waiting to write to the stalled client."""
+    from tests.support.upstream import Received, Reply, Upstream
+
+    big = b"x" * (mib * 1024 * 1024)
+
+    def handler(r: Received) -> Reply:
+        if r.target == "/big":
+            return Reply(200, [("content-length", str(len(big)))], big)
+        return Reply(200, body=b"slow", delay=1.0)
+
+    with Upstream(handler) as up:
+        config = bootstrap([http_listener("web", [vhost([{"match": {"prefix": "/"},
+                                                           "route": {"cluster": "up"}}])])],
+                           [static_cluster("up", up.port)])
+        with ProxyProcess(config) as proxy:
+            port = proxy.ports["web"]
+            a = socket.socket()
+            a.setsockopt(socket.SOL_SOCKET, socket.SO_RCVBUF, 4096)   # before connect: small window
+            a.connect(("127.0.0.1", port))
+            a.sendall(b"GET /big HTTP/1.1\r\nHost: x\r\n\r\n")
+            a.recv(1024)                      # started, then A stops reading
+            time.sleep(1.0)                   # the whole body left the upstream by now
+            b = http.client.HTTPConnection("127.0.0.1", port, timeout=10)
+            b.request("GET", "/slow")         # on the connection /big came back on
+            time.sleep(0.3)
+            a.close()                         # A goes away while B waits for its answer
+            response = b.getresponse()
+            assert (response.status, response.read()) == (200, b"slow")
+            b.close()
+    assert [r.target for r in up.requests].count("/slow") == 1

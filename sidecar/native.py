@@ -34,6 +34,7 @@ from types import ModuleType
 HOT_PATH = (
     "sidecar.codec.events",
     "sidecar.codec.hpack",
+    "sidecar.codec.http2_events",
     "sidecar.codec.http1",
     "sidecar.codec.http1_httptools",
     "sidecar.flow_control",
@@ -44,8 +45,8 @@ HOT_PATH = (
     "sidecar.http.responding",
     "sidecar.http.connection",
     "sidecar.http.h2_guard",
-    "sidecar.http.h2_frames",
     "sidecar.http.h2_headers",
+    "sidecar.codec.http2",
     "sidecar.http.h2_stream",
     "sidecar.http.h2_respond",
     "sidecar.http.h2_intake",

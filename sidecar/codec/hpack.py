@@ -1,20 +1,15 @@
-"""HPACK (RFC 7541) compiled with mypyc: drop-in Encoder and Decoder for h2's H2Connection.
-
-h2 keeps an ``hpack.Encoder`` and an ``hpack.Decoder`` per connection
-(``conn.encoder`` / ``conn.decoder``); pure Python, they were about a sixth of
-the proxy's CPU on HTTP/2.  ``install(conn)`` swaps in these, which keep the
-hpack objects' interface as h2 uses it (``encode``, ``decode(raw=True)``,
-``header_table_size``, ``max_header_list_size``, ``max_allowed_table_size``)
-and their behaviour:
+"""HPACK (RFC 7541) compiled with mypyc: the Encoder and Decoder of our HTTP/2 connection
+(codec/http2.py), with the interface and behaviour of the pure-Python ``hpack``
+package, which stays the reference the tests hold them against (``encode``,
+``decode(raw=True)``, ``header_table_size``, ``max_header_list_size``,
+``max_allowed_table_size``):
 
 - the encoder writes the same bytes as hpack's (same indexing choices: every
-  non-sensitive field is added to the dynamic table; Huffman on every literal),
-  so an exchange is byte for byte what it was;
-- the decoder returns hpack's ``HeaderTuple`` / ``NeverIndexedHeaderTuple`` (h2
-  re-wraps fields by their class) and raises hpack's own exceptions with its
-  messages: h2 turns ``OversizedHeaderListError`` into the DenialOfServiceError
-  the HPACK-bomb defence counts, and every other ``HPACKError`` into a
-  ProtocolError (GOAWAY COMPRESSION_ERROR).
+  non-sensitive field is added to the dynamic table; Huffman on every literal);
+- the decoder returns hpack's ``HeaderTuple`` / ``NeverIndexedHeaderTuple`` and
+  raises hpack's own exceptions with its messages: the connection turns
+  ``OversizedHeaderListError`` into the DenialOfServiceError the HPACK-bomb
+  defence counts, and every other ``HPACKError`` into a ProtocolError.
 
 Huffman decoding walks hpack's (nghttp2's) 4-bit state table, one lookup per
 nibble, not a bit at a time.
@@ -426,11 +421,3 @@ def _decode_string(data: bytes, pos: int) -> tuple[bytes, int]:
         return huffman_decode(data, start, stop), stop
     return data[start:stop], stop
 
-
-def install(conn: Any) -> None:
-    """Give an h2 H2Connection these codecs, keeping the limits already set on its decoder."""
-    old = conn.decoder
-    decoder = Decoder(old.max_header_list_size)
-    decoder.max_allowed_table_size = old.max_allowed_table_size
-    conn.decoder = decoder
-    conn.encoder = Encoder()

@@ -236,7 +236,7 @@ class H2Connection:
             is_trailer = True
         else:
             stream.headers_sent = True
-        block = process_outbound_headers(block, is_trailer, not self.client_side,
+        block = process_outbound_headers(block, is_trailer, not (self.client_side or is_trailer),
                                          self.normalize_outbound, False, self.validate_outbound)
         self._header_frames(stream_id, END_STREAM if end_stream else 0, block)
         if end_stream:
@@ -331,10 +331,15 @@ class H2Connection:
         self._frame(PING, 0, 0, data)
 
     def close_connection(self, error_code: int = NO_ERROR, last_stream_id: int = -1) -> None:
-        """Queue a GOAWAY; frames received after it are ignored."""
-        last = self.highest_inbound if last_stream_id < 0 else last_stream_id
-        self._frame(GOAWAY, 0, 0, last.to_bytes(4, "big") + error_code.to_bytes(4, "big"))
+        """Queue a GOAWAY that ends the connection: frames received after it are ignored."""
+        self.send_goaway(error_code, last_stream_id)
         self.terminated = True
+
+    def send_goaway(self, error_code: int = NO_ERROR, last_stream_id: int = -1) -> None:
+        """Queue a GOAWAY (no new streams past ``last_stream_id``), still taking frames for
+        the streams in flight (a server draining)."""
+        last = self.highest_inbound if last_stream_id < 0 else last_stream_id
+        self._frame(GOAWAY, 0, 0, last.to_bytes(4, "big") + int(error_code).to_bytes(4, "big"))
 
     def _local_end(self, stream: H2Stream) -> None:
         stream.local_ended = True
@@ -359,7 +364,7 @@ class H2Connection:
             expected = self.preface_left
             n = min(len(expected), len(data))
             if data[:n] != expected[:n]:
-                self._terminate(PROTOCOL_ERROR)
+                self.terminated = True      # not HTTP/2 at all: not even a GOAWAY (as h2)
                 raise ProtocolError("Invalid HTTP/2 preamble.")
             self.preface_left = expected[n:]
             data = data[n:]
@@ -559,7 +564,7 @@ class H2Connection:
         if not trailers:
             stream.headers_received = True
             stream.expected_length = 0 if stream.head_request else _content_length(headers)
-        headers = process_received_headers(headers, trailers, client, True, True,
+        headers = process_received_headers(headers, trailers, client and not trailers, True, True,
                                            self.header_encoding)
         if trailers:
             events.append(TrailersReceived(sid, headers))
@@ -625,8 +630,8 @@ class H2Connection:
             raise ProtocolError("Received frame with invalid header: SETTINGS frame must be "
                                 "on stream 0")
         if flags & ACK:
-            if payload:
-                raise FrameDataMissingError("Frame data missing or invalid")
+            if payload:             # (h2's code; RFC 9113 would have FRAME_SIZE_ERROR)
+                raise ProtocolError("Received frame with non-compliant data")
             return                  # ours are in force from the start: nothing pending
         if len(payload) % 6:
             raise FrameDataMissingError("Frame data missing or invalid")

@@ -1,6 +1,6 @@
 """The HTTP/2 connection manager: one downstream h2c connection, its streams served concurrently.
 
-An ``asyncio.Protocol`` over the sans-IO ``h2`` library.  This module owns the
+An ``asyncio.Protocol`` over our sans-IO HTTP/2 codec (codec/http2.py).  This module owns the
 connection: our SETTINGS, the dispatch of h2's events, the writes (coalesced per
 loop iteration), abuse defences, protocol errors, GOAWAY, drain, idle and close.
 Its streams are served by two modules of plain functions over its state:
@@ -25,19 +25,16 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-import h2.config
-import h2.connection
 import h2.errors
-import h2.events
 import h2.exceptions
-import h2.settings
-from hyperframe.frame import GoAwayFrame
 
-from sidecar.codec.hpack import install as install_hpack
+from sidecar.codec.http2 import H2Connection
+from sidecar.codec.http2_events import (DataReceived, PriorityUpdated, RemoteSettingsChanged,
+                                        RequestReceived, StreamReset, TrailersReceived,
+                                        WindowUpdated)
 from sidecar.http.h2_guard import FloodGuard
 from sidecar.http.h2_intake import on_data, on_request, on_reset, on_trailers
 from sidecar.http.h2_respond import abandon, on_window_update, wake_window
-from sidecar.http.h2_state import Connection, ServerStateMachine
 from sidecar.http.h2_stream import H2Stream
 from sidecar.http.message import BodyReset
 from sidecar.timers import LazyDeadline
@@ -59,8 +56,16 @@ class Http2Connection(asyncio.Protocol):
         self.ctx = ctx
         self.stats = ctx.stats
         self.h2stats: Any = None
-        self.h2: Any = None
-        self.guard = FloodGuard(ctx.config.http2)
+        opts = ctx.config.http2
+        # Our SETTINGS go out with the first answer: a client that turns out not to speak
+        # HTTP/2 gets nothing (as from Envoy).  Responses go out as the router built them
+        # (no normalizing or checking on the way out).
+        self.h2 = H2Connection(
+            False, None, opts.max_concurrent_streams, opts.initial_stream_window_size,
+            opts.initial_connection_window_size,
+            ctx.config.max_request_headers_kb * 1024 + _DECODE_SLACK,
+            validate_outbound=False, normalize_outbound=False)
+        self.guard = FloodGuard(opts)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, H2Stream] = {}
         self.closing = False
@@ -91,23 +96,7 @@ class Http2Connection(asyncio.Protocol):
         stats.downstream_cx_http2_active += 1
         self.h2stats = ctx.http2_scope()
         ctx.connections.add(self)
-        opts = ctx.config.http2
-        config = h2.config.H2Configuration(client_side=False, header_encoding=None,
-                                           validate_outbound_headers=False,
-                                           normalize_outbound_headers=False)
-        conn = self.h2 = Connection(config=config)
-        conn.state_machine = ServerStateMachine()
-        install_hpack(conn)
-        conn.local_settings = h2.settings.Settings(client=False, initial_values={
-            h2.settings.SettingCodes.MAX_CONCURRENT_STREAMS: opts.max_concurrent_streams,
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: opts.initial_stream_window_size,
-        })
-        conn.decoder.max_header_list_size = ctx.config.max_request_headers_kb * 1024 + _DECODE_SLACK
-        conn.initiate_connection()
-        if opts.initial_connection_window_size > 65535:
-            conn.increment_flow_control_window(opts.initial_connection_window_size - 65535)
-        # Our SETTINGS go out with the first answer: a client that turns out not to
-        # speak HTTP/2 gets nothing (as from Envoy).
+        self.h2.initiate_connection()
         self.went_idle()
 
     def data_received(self, data: bytes) -> None:
@@ -121,29 +110,25 @@ class Http2Connection(asyncio.Protocol):
             return
         for event in events:
             kind = type(event)
-            if kind is h2.events.DataReceived:
+            if kind is DataReceived:
                 on_data(self, event)
-            elif kind is h2.events.RequestReceived:
+            elif kind is RequestReceived:
                 on_request(self, event)
-            elif kind is h2.events.StreamEnded:
-                stream = self.streams.get(event.stream_id)
-                if stream is not None and stream.body is not None:
-                    stream.body.feed_eof()
-            elif kind is h2.events.StreamReset:
+            elif kind is StreamReset:
                 on_reset(self, event.stream_id)
-            elif kind is h2.events.WindowUpdated:
+            elif kind is WindowUpdated:
                 on_window_update(self, event.stream_id)
-            elif kind is h2.events.TrailersReceived:
+            elif kind is TrailersReceived:
                 on_trailers(self, event)
-            elif kind is h2.events.PriorityUpdated:
+            elif kind is PriorityUpdated:
                 self.flood_check(self.guard.priority_frame())
-            elif kind is h2.events.RemoteSettingsChanged:
+            elif kind is RemoteSettingsChanged:
                 # A new initial window may have opened every stream's window.
                 for stream in self.streams.values():
                     wake_window(stream)
             # A client's GOAWAY (ConnectionTerminated) changes nothing: its open streams are
             # answered and, as Envoy, the connection is left for the client (or the idle
-            # timeout) to close (see ServerStateMachine).
+            # timeout) to close.
             if self.closing:
                 return
         self._flush()
@@ -285,13 +270,7 @@ class Http2Connection(asyncio.Protocol):
         if not self.streams:
             self.close()
             return
-        # Written by hand: h2's own GOAWAY would close its state machine, and the
-        # streams in flight still have responses to send.
-        self._flush()
-        frame = GoAwayFrame(0)
-        frame.last_stream_id = self.last_stream
-        frame.error_code = _ERR.NO_ERROR
+        # Not close_connection: the streams in flight still have frames to receive.
+        self.h2.send_goaway(_ERR.NO_ERROR, self.last_stream)
         self.h2stats.goaway_sent += 1
-        data = frame.serialize()
-        self.transport.write(data)  # type: ignore[union-attr]
-        self.guard.written(data, self.transport.get_write_buffer_size())  # type: ignore[union-attr]
+        self._flush()

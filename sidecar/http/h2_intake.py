@@ -14,11 +14,12 @@ from its frame dispatch; compiled, they cost what its methods did.
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import h2.errors
 import h2.exceptions
 
+from sidecar.codec.http2_events import DataReceived, RequestReceived, TrailersReceived
 from sidecar.http.h2_guard import is_premature
 from sidecar.http.h2_respond import abandon, answered, serve, wake_window
 from sidecar.http.h2_stream import H2Stream, header_limit, split_headers
@@ -31,7 +32,7 @@ if TYPE_CHECKING:
 _ERR = h2.errors.ErrorCodes
 
 
-def on_request(conn: Http2Connection, event: Any) -> None:
+def on_request(conn: Http2Connection, event: RequestReceived) -> None:
     """A request's HEADERS: a new stream, refused, or routed and started."""
     sid = event.stream_id
     ctx = conn.ctx
@@ -66,7 +67,7 @@ def on_request(conn: Http2Connection, event: Any) -> None:
         conn.close_with(_ERR.PROTOCOL_ERROR, protocol_error=True)
         return
     body = None
-    if not event.stream_ended:
+    if not event.ended:
         body = BodyStream(ctx.buffer_limit)
     request = Request(method, path, authority, scheme or "http", headers, body, "2", True,
                       content_length if body is not None else None,
@@ -111,11 +112,11 @@ def refuse(conn: Http2Connection, sid: int, stat: str, code: int = _ERR.INTERNAL
         pass
 
 
-def on_data(conn: Http2Connection, event: Any) -> None:
+def on_data(conn: Http2Connection, event: DataReceived) -> None:
     """DATA: into the stream's body, its window given back at once unless the body is paused."""
     sid = event.stream_id
     length = event.flow_controlled_length
-    if not event.data and event.stream_ended is None and length == 0:
+    if not event.data and not event.ended and length == 0:
         if conn.flood_check(conn.guard.empty_frame()):
             return
     else:
@@ -126,12 +127,14 @@ def on_data(conn: Http2Connection, event: Any) -> None:
         # Nobody will read it (the stream is over): give the window back now.
         if length:
             conn.h2.acknowledge_received_data(length, sid)
-        return
-    body.feed(event.data)
-    if stream.paused:  # type: ignore[union-attr]
-        stream.unacked += length  # type: ignore[union-attr]
-    elif length:
-        conn.h2.acknowledge_received_data(length, sid)
+    else:
+        body.feed(event.data)
+        if stream.paused:  # type: ignore[union-attr]
+            stream.unacked += length  # type: ignore[union-attr]
+        elif length:
+            conn.h2.acknowledge_received_data(length, sid)
+    if event.ended and body is not None:
+        body.feed_eof()
 
 
 def pause_stream(stream: H2Stream) -> None:
@@ -147,7 +150,7 @@ def resume_stream(conn: Http2Connection, stream: H2Stream) -> None:
         conn.flush_soon()
 
 
-def on_trailers(conn: Http2Connection, event: Any) -> None:
+def on_trailers(conn: Http2Connection, event: TrailersReceived) -> None:
     conn.h2stats.trailers += 1
     stream = conn.streams.get(event.stream_id)
     if stream is not None and stream.body is not None:

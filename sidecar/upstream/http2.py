@@ -1,7 +1,7 @@
 """One HTTP/2 (h2c, prior knowledge) connection to an upstream host, its streams multiplexed.
 
-Http2UpstreamConnection is the asyncio protocol around the h2 library's client
-state machine: it opens, flushes and resets its streams' frames, and turns h2's
+Http2UpstreamConnection is the asyncio protocol around our HTTP/2 codec's client
+side (codec/http2.py): it opens, flushes and resets its streams' frames, and turns h2's
 events into calls on the streams (sidecar/upstream/http2_stream.py), which are
 what the router holds.  Its pool (sidecar/upstream/pool_h2.py) asks it for room
 (``capacity``) and new streams, and hears back when a stream ends or it closes.
@@ -24,16 +24,14 @@ from __future__ import annotations
 import asyncio
 from typing import TYPE_CHECKING, Any
 
-import h2.config
-import h2.connection
 import h2.errors
-import h2.events
 import h2.exceptions
-import h2.settings
 
 from sidecar.codec.events import ResponseHead
-from sidecar.codec.hpack import install as install_hpack
-from sidecar.http.h2_state import Connection
+from sidecar.codec.http2 import H2Connection
+from sidecar.codec.http2_events import (ConnectionTerminated, DataReceived, PingAckReceived,
+                                        RemoteSettingsChanged, ResponseReceived, StreamReset,
+                                        TrailersReceived, WindowUpdated)
 from sidecar.http.message import BodyStream
 from sidecar.timers import LazyDeadline
 from sidecar.upstream.http1 import UpstreamClosed, UpstreamProtocolError
@@ -60,11 +58,8 @@ class Http2UpstreamConnection(asyncio.Protocol):
         self.pool = pool
         self.loop = asyncio.get_event_loop()
         self.high_watermark = high_watermark
-        config = h2.config.H2Configuration(client_side=True, header_encoding="latin-1")
-        self.h2 = Connection(config=config)
-        install_hpack(self.h2)
-        self.stream_window = stream_window
-        self.connection_window = connection_window
+        self.h2 = H2Connection(True, "latin-1", 0, min(stream_window, 2**31 - 1),
+                               connection_window)
         self.transport: asyncio.Transport | None = None
         self.streams: dict[int, Http2Stream] = {}
         self.closed = False
@@ -86,7 +81,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
         """How many more streams this connection takes now."""
         if self.closed or self.goaway:
             return 0
-        limit = min(self.h2.remote_settings.max_concurrent_streams, self.pool.max_streams)
+        limit = min(self.h2.remote_max_concurrent_streams, self.pool.max_streams)
         free = limit - len(self.streams)
         if self.pool.max_requests:
             free = min(free, self.pool.max_requests - self.streams_opened)
@@ -241,14 +236,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
 
     def connection_made(self, transport: asyncio.BaseTransport) -> None:
         self.transport = transport  # type: ignore[assignment]
-        h2c = self.h2
-        h2c.local_settings = h2.settings.Settings(client=True, initial_values={
-            h2.settings.SettingCodes.INITIAL_WINDOW_SIZE: min(self.stream_window, 2**31 - 1),
-            h2.settings.SettingCodes.ENABLE_PUSH: 0,
-        })
-        h2c.initiate_connection()
-        if self.connection_window > 65535:
-            h2c.increment_flow_control_window(self.connection_window - 65535)
+        self.h2.initiate_connection()
         self._send()
 
     def data_received(self, data: bytes) -> None:
@@ -267,29 +255,31 @@ class Http2UpstreamConnection(asyncio.Protocol):
 
     def _handle(self, events: list[Any]) -> None:
         streams = self.streams
+        h2c = self.h2
         # Heads not handed over yet in this batch, with their body so far: a response
         # that is whole within one read goes up as bytes, with no body stream.
         starting: dict[int, tuple[ResponseHead, list[bytes]]] = {}
-        trailers_of: dict[int, list[tuple[str, str]]] = {}
         for event in events:
             kind = type(event)
-            if kind is h2.events.DataReceived:
-                stream = streams.get(event.stream_id)
+            if kind is DataReceived:
+                sid = event.stream_id
+                stream = streams.get(sid)
                 if stream is None:
-                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    h2c.acknowledge_received_data(event.flow_controlled_length, sid)
                     continue
-                started = starting.get(event.stream_id)
+                started = starting.get(sid)
                 if started is not None:
                     started[1].append(event.data)
-                    self.h2.acknowledge_received_data(event.flow_controlled_length, event.stream_id)
+                    h2c.acknowledge_received_data(event.flow_controlled_length, sid)
                 else:
                     stream.body.feed(event.data)  # type: ignore[union-attr]
                     if stream.reading_paused:
                         stream.unacked += event.flow_controlled_length
                     else:
-                        self.h2.acknowledge_received_data(event.flow_controlled_length,
-                                                          event.stream_id)
-            elif kind is h2.events.ResponseReceived:
+                        h2c.acknowledge_received_data(event.flow_controlled_length, sid)
+                if event.ended:
+                    self._ended(stream, starting.pop(sid, None), None)
+            elif kind is ResponseReceived:
                 stream = streams.get(event.stream_id)
                 if stream is None:
                     continue
@@ -297,26 +287,15 @@ class Http2UpstreamConnection(asyncio.Protocol):
                 if head is None:
                     self.reset_stream(stream, h2.errors.ErrorCodes.PROTOCOL_ERROR)
                     continue
-                starting[event.stream_id] = (head, [])
-            elif kind is h2.events.TrailersReceived:
-                trailers_of[event.stream_id] = list(event.headers)     # StreamEnded follows
-            elif kind is h2.events.StreamEnded:
-                stream = streams.get(event.stream_id)
-                if stream is None:
-                    continue
-                trailers = trailers_of.pop(event.stream_id, None)
-                started = starting.pop(event.stream_id, None)
-                stream.response_done = True
-                if started is not None and trailers is None:
-                    head, chunks = started
-                    stream.deliver(head, b"".join(chunks))
+                if event.ended:
+                    self._ended(stream, (head, []), None)
                 else:
-                    if started is not None:
-                        self._start_body(stream, *started)
-                    if stream.body is not None:
-                        stream.body.feed_eof(trailers)
-                stream.maybe_done()
-            elif kind is h2.events.StreamReset:
+                    starting[event.stream_id] = (head, [])
+            elif kind is TrailersReceived:
+                stream = streams.get(event.stream_id)
+                if stream is not None:
+                    self._ended(stream, starting.pop(event.stream_id, None), list(event.headers))
+            elif kind is StreamReset:
                 stream = streams.pop(event.stream_id, None)
                 starting.pop(event.stream_id, None)
                 if stream is not None:
@@ -326,25 +305,25 @@ class Http2UpstreamConnection(asyncio.Protocol):
                         self.pool.stats.upstream_rq_rx_reset += 1
                         stream.fail(UpstreamReset(event.error_code))
                     self.pool.stream_released(self)
-            elif kind is h2.events.WindowUpdated:
+            elif kind is WindowUpdated:
                 targets = ([streams[event.stream_id]] if event.stream_id in streams
                            else list(streams.values()) if event.stream_id == 0 else [])
                 for stream in targets:
                     if stream.pending or (stream.request_done and not stream.ended):
                         self.flush_stream(stream)
-            elif kind is h2.events.RemoteSettingsChanged:
+            elif kind is RemoteSettingsChanged:
                 if not self.ready.done():
                     self.ready.set_result(None)
                 self.pool.stream_released(self)          # capacity may have grown
-            elif kind is h2.events.ConnectionTerminated:
+            elif kind is ConnectionTerminated:
                 self.goaway = True
-                last = event.last_stream_id or 0
+                last = event.last_stream_id
                 for sid in [s for s in streams if s > last]:
                     streams.pop(sid).fail(UpstreamRefused())
                 self.pool.stream_released(self)
                 if not streams:
                     self.transport.close()  # type: ignore[union-attr]
-            elif kind is h2.events.PingAckReceived:
+            elif kind is PingAckReceived:
                 if self.ping_timeout_handle is not None:
                     self.ping_timeout_handle.cancel()
                     self.ping_timeout_handle = None
@@ -353,6 +332,21 @@ class Http2UpstreamConnection(asyncio.Protocol):
             if stream is not None:
                 self._start_body(stream, head, chunks)
         self._maybe_idle()
+
+    def _ended(self, stream: Http2Stream, started: tuple[ResponseHead, list[bytes]] | None,
+               trailers: list[tuple[str, str]] | None) -> None:
+        """The response is whole: handed up as bytes when its head came in this same read
+        and it has no trailers, else its body stream ends."""
+        stream.response_done = True
+        if started is not None and trailers is None:
+            head, chunks = started
+            stream.deliver(head, b"".join(chunks))
+        else:
+            if started is not None:
+                self._start_body(stream, *started)
+            if stream.body is not None:
+                stream.body.feed_eof(trailers)
+        stream.maybe_done()
 
     def _start_body(self, stream: Http2Stream, head: ResponseHead, chunks: list[bytes]) -> None:
         body = stream.body = BodyStream(self.high_watermark, stream.pause_reading,

@@ -257,15 +257,3 @@ def test_huffman_every_byte_value() -> None:
     ).encode(data)
     assert ours.huffman_decode(encoded, 0, len(encoded)) == data
 
-
-def test_install_keeps_the_connection_limits() -> None:
-    import h2.config
-    import h2.connection
-
-    conn = h2.connection.H2Connection(h2.config.H2Configuration(client_side=False))
-    conn.decoder.max_header_list_size = 12345
-    conn.decoder.max_allowed_table_size = 999
-    ours.install(conn)
-    assert isinstance(conn.encoder, ours.Encoder) and isinstance(conn.decoder, ours.Decoder)
-    assert conn.decoder.max_header_list_size == 12345
-    assert conn.decoder.max_allowed_table_size == 999

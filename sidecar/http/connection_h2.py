@@ -33,7 +33,7 @@ from sidecar.codec.http2_events import (DataReceived, PriorityUpdated, RemoteSet
                                         RequestReceived, StreamReset, TrailersReceived,
                                         WindowUpdated)
 from sidecar.http.h2_guard import FloodGuard
-from sidecar.http.h2_intake import on_data, on_request, on_reset, on_trailers
+from sidecar.http.h2_intake import dispatch, on_data, on_request, on_reset, on_trailers
 from sidecar.http.h2_respond import abandon, on_window_update, wake_window
 from sidecar.http.h2_stream import H2Stream
 from sidecar.http.message import BodyReset
@@ -79,6 +79,7 @@ class Http2Connection(asyncio.Protocol):
         self.requests = 0
         self.last_stream = 0
         self.flush_pending = False
+        self.arrived: list[H2Stream] = []    # new streams with a body, served after the read
 
     # --- asyncio.Protocol ------------------------------------------------------------
 
@@ -131,6 +132,10 @@ class Http2Connection(asyncio.Protocol):
             # timeout) to close.
             if self.closing:
                 return
+        if self.arrived:
+            arrived, self.arrived = self.arrived, []
+            for stream in arrived:
+                dispatch(self, stream)
         self._flush()
 
     def eof_received(self) -> bool:

@@ -89,15 +89,29 @@ def on_request(conn: Http2Connection, event: RequestReceived) -> None:
         # Envoy answers 100-continue itself (proxy_100_continue off).
         conn.h2.send_headers(sid, [(b":status", b"100")])
     request.route = ctx.route_table.select(authority, path, method, headers, request.scheme)
-    if ctx.router is not None and body is None and "#" not in path:
-        # The chain is just the router: let it forward without a task if it can.
-        stream.upstream = ctx.router.start(request, lambda outcome: answered(conn, stream, outcome))
-    if stream.upstream is None:
-        stream.task = ctx.loop.create_task(serve(conn, stream))
+    if body is not None and ctx.router is not None:
+        # Its DATA may be in this same read (a gRPC call's message is): served once the
+        # read is through (dispatch), when the whole body may be at hand.
+        conn.arrived.append(stream)
+    else:
+        dispatch(conn, stream)
     conn.requests += 1
     limit = cfg.max_requests_per_connection
     if limit and conn.requests >= limit:
         conn.drain()
+
+
+def dispatch(conn: Http2Connection, stream: H2Stream) -> None:
+    """Serve a new stream: when the chain is just the router, it forwards without a task if
+    it can (Router.start); else, or when it can't, a task runs the chain."""
+    if stream.done:
+        return
+    router = conn.ctx.router
+    if router is not None and "#" not in stream.request.path:
+        stream.upstream = router.start(stream.request,
+                                       lambda outcome: answered(conn, stream, outcome))
+    if stream.upstream is None:
+        stream.task = conn.ctx.loop.create_task(serve(conn, stream))
 
 
 def refuse(conn: Http2Connection, sid: int, stat: str, code: int = _ERR.INTERNAL_ERROR) -> None:

@@ -85,12 +85,21 @@ def answered(conn: Http2Connection, stream: H2Stream, outcome: Response | LocalR
 # --- writing the response -------------------------------------------------------------------
 
 def respond_now(conn: Http2Connection, stream: H2Stream, response: Response) -> bool:
-    """Write a whole response without a task, when the client's windows take its body at
-    once and the socket is not backed up; False (nothing done) otherwise."""
+    """Write a whole response without a task, when all of it is at hand (bytes, or a body
+    stream that has ended, trailers and all: a gRPC answer that came in one read), the
+    client's windows take it at once and the socket is not backed up; False (nothing
+    done) otherwise."""
     body = response.body
-    if type(body) is BodyStream or conn.write_paused:
+    if conn.write_paused:
         return False
-    size = len(body) if body else 0  # type: ignore[arg-type]
+    streamed = type(body) is BodyStream
+    if streamed:
+        if (not body.complete or stream.request.method == "HEAD"  # type: ignore[union-attr]
+                or response.status in (204, 304)):
+            return False
+        size = body.buffered  # type: ignore[union-attr]
+    else:
+        size = len(body) if body else 0  # type: ignore[arg-type]
     if size:
         h2conn = conn.h2
         try:
@@ -102,18 +111,38 @@ def respond_now(conn: Http2Connection, stream: H2Stream, response: Response) -> 
     sent = send_head(conn, stream, response)
     ok = sent is not None
     if sent is not None and not sent[0]:
-        try:
-            conn.h2.send_data(stream.sid, body, end_stream=True)
-        except h2.exceptions.StreamClosedError:
-            ok = False
-        else:
-            conn.guard.data_frames_sent += 1
-            stream.request.info.bytes_sent += size
-            conn.flush_soon()
+        data = body
+        trailers = None
+        if streamed:
+            data = body.read_nowait()  # type: ignore[union-attr]
+            trailers = body.trailers  # type: ignore[union-attr]
+        ok = send_rest(conn, stream, data, trailers)  # type: ignore[arg-type]
     if response.on_complete is not None:
         response.on_complete(ok)
     if ok:
         finish(conn, stream, response.status, response.headers)
+    return True
+
+
+def send_rest(conn: Http2Connection, stream: H2Stream, data: bytes,
+              trailers: list[tuple[str, str]] | None) -> bool:
+    """The body (within the windows) and the trailers after the head; False if the stream
+    is gone."""
+    sid = stream.sid
+    h2conn = conn.h2
+    try:
+        if data:
+            h2conn.send_data(sid, data, end_stream=not trailers)
+            conn.guard.data_frames_sent += 1
+            stream.request.info.bytes_sent += len(data)
+        if trailers:
+            h2conn.send_headers(sid, [(n.encode("latin-1"), v.encode("latin-1"))
+                                      for n, v in trailers], end_stream=True)
+        elif not data:
+            h2conn.end_stream(sid)
+    except h2.exceptions.StreamClosedError:
+        return False
+    conn.flush_soon()
     return True
 
 
@@ -142,7 +171,6 @@ async def respond(conn: Http2Connection, stream: H2Stream, response: Response) -
     if sent is None:
         return False
     end, body = sent
-    sid = stream.sid
     if end:
         if type(response.body) is BodyStream:
             # HEAD or 204/304 with a proxied body: drain it so the upstream is reusable.
@@ -168,17 +196,7 @@ async def respond(conn: Http2Connection, stream: H2Stream, response: Response) -
         return False
     if stream.done or conn.closing:
         return False
-    trailers = body.trailers
-    try:
-        if trailers:
-            conn.h2.send_headers(sid, [(n.encode("latin-1"), v.encode("latin-1"))
-                                       for n, v in trailers], end_stream=True)
-        else:
-            conn.h2.end_stream(sid)
-    except h2.exceptions.StreamClosedError:
-        return False
-    conn.flush_soon()
-    return True
+    return send_rest(conn, stream, b"", body.trailers)
 
 
 def send_head(conn: Http2Connection, stream: H2Stream, response: Response) -> tuple[bool, Any] | None:

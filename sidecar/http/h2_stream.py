@@ -78,5 +78,6 @@ class H2Stream:
         self.done = False
         self.window_waiter: asyncio.Future[None] | None = None
         self.started = started
-        # The upstream connection while Router.start's callback path waits for its answer.
+        # The upstream connection (HTTP/1) or stream (HTTP/2) while Router.start's callback
+        # path waits for its answer.
         self.upstream: Any = None

@@ -110,6 +110,11 @@ class BodyStream:
     def failed(self) -> bool:
         return self._error is not None
 
+    @property
+    def buffered(self) -> int:
+        """Bytes fed and not read yet."""
+        return self._buffered
+
     def read_nowait(self) -> bytes | None:
         """Return everything buffered now (b"" at end of body), or None if nothing is ready."""
         if self._chunks:

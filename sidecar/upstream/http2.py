@@ -338,22 +338,28 @@ class Http2UpstreamConnection(asyncio.Protocol):
         """The response is whole: handed up as bytes when its head came in this same read
         and it has no trailers, else its body stream ends."""
         stream.response_done = True
-        if started is not None and trailers is None:
-            head, chunks = started
-            stream.deliver(head, b"".join(chunks))
-        else:
-            if started is not None:
-                self._start_body(stream, *started)
+        if started is None:
             if stream.body is not None:
                 stream.body.feed_eof(trailers)
+        elif trailers is None:
+            stream.deliver(started[0], b"".join(started[1]))
+        else:
+            # Whole, with trailers: the body stream is handed up already ended, so that
+            # whoever takes the head may write the whole response at once.
+            body = self._new_body(stream, started[1])
+            body.feed_eof(trailers)
+            stream.deliver(started[0], body)
         stream.maybe_done()
 
     def _start_body(self, stream: Http2Stream, head: ResponseHead, chunks: list[bytes]) -> None:
+        stream.deliver(head, self._new_body(stream, chunks))
+
+    def _new_body(self, stream: Http2Stream, chunks: list[bytes]) -> BodyStream:
         body = stream.body = BodyStream(self.high_watermark, stream.pause_reading,
                                         stream.resume_reading)
         for chunk in chunks:
             body.feed(chunk)
-        stream.deliver(head, body)
+        return body
 
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True

@@ -6,18 +6,19 @@ Http2Stream gives the router the same verbs as an HTTP/1 upstream connection
 pseudo-headers, sidecar/upstream/http2_headers.py), ``write`` / ``wait_writable``
 (request body, within the peer's flow-control windows), ``finish_request``
 (END_STREAM, or trailers), ``route_deadline`` and ``abort`` (RST_STREAM CANCEL).
-The response head comes to the same kind of waiter: the head, and the body as
-bytes when the whole response came in one read, else a BodyStream (with trailers,
-as gRPC needs).
+The response head comes to the same kind of waiter (or, on Router.start's path, the
+same kind of callback: ``start``): the head, and the body as bytes when the whole
+response came in one read, else a BodyStream (with trailers, as gRPC needs).
 
 The stream holds its own state only; every frame goes through its connection
-(sidecar/upstream/http2.py), which owns the h2 state machine and the socket and
+(sidecar/upstream/http2.py), which owns the HTTP/2 protocol state and the socket and
 drives the stream with ``deliver`` / ``fail`` as events come in.
 """
 
 from __future__ import annotations
 
 import asyncio
+from collections.abc import Callable
 from typing import TYPE_CHECKING
 
 import h2.errors
@@ -54,7 +55,7 @@ class Http2Stream(WriteFlowControl):
     __slots__ = ("conn", "stream_id", "head_waiter", "body", "closed", "head_received",
                  "request_done", "response_done", "pending", "pending_size", "trailers",
                  "write_paused", "drain_waiter", "route_deadline", "unacked", "reading_paused",
-                 "ended", "uploader")
+                 "ended", "uploader", "on_head")
 
     def __init__(self, conn: Http2UpstreamConnection) -> None:
         self.conn = conn
@@ -76,6 +77,8 @@ class Http2Stream(WriteFlowControl):
         self.reading_paused = False
         # The task sending the request body while the response comes (the router's).
         self.uploader: asyncio.Future[None] | None = None
+        # Router.start's callback for the response head (instead of ``head_waiter``).
+        self.on_head: Callable[[ResponseStart | Exception], None] | None = None
 
     # --- used by the router ----------------------------------------------------
 
@@ -87,6 +90,15 @@ class Http2Stream(WriteFlowControl):
         if end_stream:
             self.request_done = self.ended = True
         return self.head_waiter
+
+    def start(self, headers: list[tuple[str, str]], end_stream: bool,
+              on_head: Callable[[ResponseStart | Exception], None]) -> None:
+        """``send_head`` for Router.start's path: the response head (or the failure) is
+        passed to ``on_head``, from the connection's callback."""
+        self.on_head = on_head
+        self.conn.open_stream(self, headers, end_stream)
+        if end_stream:
+            self.request_done = self.ended = True
 
     def write(self, data: bytes) -> None:
         if self.closed or not data:
@@ -136,6 +148,11 @@ class Http2Stream(WriteFlowControl):
             self.conn.acknowledge(self, unacked)
 
     def _resolve(self, outcome: ResponseStart | Exception) -> None:
+        on_head = self.on_head
+        if on_head is not None:
+            self.on_head = None
+            on_head(outcome)
+            return
         waiter, self.head_waiter = self.head_waiter, None
         if waiter is not None and not waiter.done():
             if isinstance(outcome, Exception):

@@ -10,6 +10,7 @@ import itertools
 import h2.errors
 import pytest
 
+from tests.http2.client import H2Client, StreamResult
 from tests.support.client import request
 from tests.support.h2_upstream import H2Received, H2Reply, H2Upstream
 from tests.support.proxy import ProxyProcess, bootstrap, envoy_binary, http_listener, static_cluster, vhost
@@ -156,6 +157,26 @@ def test_refused_stream_is_resent_once_without_a_policy():
         r = request(proxy.ports["web"], "/refused")
         assert r.status == 200 and r.body == b"attempt 2"
         assert script.attempts["/refused"] == 2
+
+
+def test_a_refused_stream_with_its_body_at_hand_is_resent_whole():
+    """A request whose body came with its head (a gRPC call's does), to a warm pooled
+    connection: the router forwards it from its callback, and when the upstream refuses
+    that stream the request goes again on the coroutine path, body and all."""
+    script = RefuseFirst()
+    body = bytes(range(256)) * 40
+    with H2Upstream(script) as up, ProxyProcess(refused_config(up.port, None)) as proxy, \
+            H2Client(proxy.ports["web"]) as client:
+        assert client.get("/warm").status == 200          # the pool now holds a connection
+        sid = client.conn.get_next_available_stream_id()
+        client.streams[sid] = StreamResult()
+        client.conn.send_headers(sid, [(":method", "POST"), (":path", "/call"), (":scheme", "http"),
+                                       (":authority", "a"), ("content-type", "application/grpc")])
+        client.conn.send_data(sid, body, end_stream=True)
+        client.flush()                                      # HEADERS and DATA in one write
+        r = client.wait(sid)
+        assert (r.status, bytes(r.body)) == (200, b"attempt 2")
+    assert [r.body for r in up.requests if r.path == "/call"] == [body, body]
 
 
 class GoawayEvery:

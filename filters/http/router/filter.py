@@ -90,27 +90,33 @@ class Router:
     # --- forwarding -------------------------------------------------------------
 
     def start(self, request: Request, answer: Callable[[Response | LocalReply | None], None]
-              ) -> Http1UpstreamConnection | None:
+              ) -> Any:
         """Forward without a coroutine, when nothing has to wait before the response.
 
-        The hot path: a bodyless request to a cluster with a warm pooled connection
-        is written at once, and the connection calls back with the response head,
-        which goes to ``answer`` (a Response, or a LocalReply for the error).  No
-        task step, no future.  Returns the upstream connection, or None when the
-        request needs the coroutine path (``__call__``): another action, a body, a
-        cluster to look up in vain, a connection to open.  ``answer(None)`` later
-        means the same: the keep-alive race needs a fresh connection.
+        The hot path: a request to a cluster with a warm pooled connection (or, for an
+        HTTP/2 host, a stream free on one) is written at once, and the connection calls
+        back with the response head, which goes to ``answer`` (a Response, or a
+        LocalReply for the error).  No task step, no future.  A request body must be
+        there whole (an HTTP/2 client's DATA that came with its HEADERS, as a gRPC
+        call's) and go to an HTTP/2 host.  Returns the upstream connection (HTTP/1) or
+        stream (HTTP/2), or None when the request needs the coroutine path
+        (``__call__``): another action, a body still coming, a cluster to look up in
+        vain, a connection to open.  ``answer(None)`` later means the same: the
+        keep-alive race (or a refused stream) needs the request sent anew.
         """
         entry = request.route
-        if (entry is None or request.body is not None or not entry.callback_path
-                or request.upgrade is not None):
+        body = request.body
+        if (entry is None or not entry.callback_path or request.upgrade is not None
+                or (body is not None and not body.complete)):
             return None
         action: model.RouteAction = entry.action  # type: ignore[assignment]
         name, weighted = route_cluster(request, action)
         cluster = self.clusters.get(name)
-        if (cluster is None or cluster.stats.upstream_rq_active >= cluster.max_requests
-                or upstream_http2(cluster.config, request)):
+        if cluster is None or cluster.stats.upstream_rq_active >= cluster.max_requests:
             return None     # (max_requests reached: the coroutine path answers 503 UO)
+        http2 = upstream_http2(cluster.config, request)
+        if body is not None and not http2:
+            return None
         hash_key = None
         if action.hash_policy and cluster.config.lb_policy in HASHING_POLICIES:
             hash_key, set_cookie = compute_hash(action.hash_policy, request,
@@ -124,13 +130,18 @@ class Router:
             return None
         pool = host.pool
         if type(pool) is DualPool:
-            pool = pool.http1()     # (requests going upstream over HTTP/2 returned above)
+            pool = pool.http2() if http2 else pool.http1()
         conn = pool.take_idle()
         if conn is None:
             request.upstream_pick = (name, weighted, host)   # the coroutine path connects there
             return None
         stats, start = self.begin(request, name, cluster, host)
         timeout = action.timeout
+        data = b""
+        trailers = None
+        if body is not None:
+            data = body.read_nowait() or b""
+            trailers = body.trailers
 
         def on_head(outcome: Any) -> None:
             stats.upstream_rq_active -= 1
@@ -146,10 +157,16 @@ class Router:
                     response = self.downstream_response(request, head, outcome[1], conn)
                     answer(self.respond(response, entry, weighted, stats, start))
                     return
-                if type(outcome) is UpstreamClosed and not outcome.received_any:
-                    # The pooled connection was already closed: resend on a fresh one.
+                if ((type(outcome) is UpstreamClosed and not outcome.received_any)
+                        or type(outcome) is UpstreamRefused):
+                    # The pooled connection was already closed, or the upstream refused
+                    # the stream: the coroutine path sends it anew (with its body again).
                     stats.upstream_rq_total -= 1      # counted again on the coroutine path
                     request.upstream_pick = (name, weighted, host)
+                    if body is not None:
+                        request.body = BodyStream()
+                        request.body.feed(data)
+                        request.body.feed_eof(trailers)
                     answer(None)
                     return
                 reply = reply_for(outcome)
@@ -162,11 +179,18 @@ class Router:
             count_reply(stats, reply)
             answer(reply)
 
-        conn.send_head(self.upstream_head(request, entry, action, weighted, host, timeout),
-                       request.method, on_head)
+        head = self.upstream_head(request, entry, action, weighted, host, timeout)
+        if http2:
+            conn.start(head, body is None, on_head)
+            if body is not None:
+                conn.write(data)
+                conn.finish_request(trailers or None)
+        else:
+            conn.send_head(head, request.method, on_head)
         if timeout is not None:
             conn.route_deadline.set(start + timeout)
-        conn.finish_request()
+        if not http2:
+            conn.finish_request()
         return conn
 
     async def forward(self, request: Request, entry: RouteEntry, action: model.RouteAction) -> Response:

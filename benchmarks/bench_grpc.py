@@ -26,7 +26,7 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_h2 import print_ratios  # noqa: E402
+from bench_h2 import print_ratios, rotated  # noqa: E402
 from bench_http1 import (REPO, Skip, cpu_seconds, find_envoy, free_envoy_base_id,  # noqa: E402
                          free_ports, http_get, machine, median, stop)
 
@@ -148,12 +148,13 @@ def main(argv: list[str] | None = None) -> int:
         if envoy:
             procs["envoy"] = start_proxy("envoy", [envoy], server_port, out)
         results: dict[str, list[tuple[float, float | None]]] = {}
-        for _ in range(args.rounds):
-            results.setdefault("direct", []).append(
-                run_calls(server_port, args.calls, args.concurrency, None))
-            for name, (proc, port) in procs.items():
-                results.setdefault(name, []).append(
-                    run_calls(port, args.calls, args.concurrency, proc.pid))
+        for name in ["direct", *procs]:
+            results[name] = []
+        for round_ in range(args.rounds):
+            results["direct"].append(run_calls(server_port, args.calls, args.concurrency, None))
+            for name in rotated(list(procs), round_):
+                proc, port = procs[name]
+                results[name].append(run_calls(port, args.calls, args.concurrency, proc.pid))
     finally:
         for proc, _ in procs.values():
             stop(proc)

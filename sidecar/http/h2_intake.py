@@ -22,7 +22,7 @@ import h2.exceptions
 from sidecar.codec.http2_events import DataReceived, RequestReceived, TrailersReceived
 from sidecar.http.h2_guard import is_premature
 from sidecar.http.h2_respond import abandon, answered, serve, wake_window
-from sidecar.http.h2_stream import H2Stream, header_limit, split_headers
+from sidecar.http.h2_stream import H2Stream, RequestWindow, header_limit, split_headers
 from sidecar.http.message import BodyReset, BodyStream, Request
 from sidecar.http.request_headers import forwarded_headers
 
@@ -66,9 +66,10 @@ def on_request(conn: Http2Connection, event: RequestReceived) -> None:
         stats.downstream_rq_rx_reset += 1
         conn.close_with(_ERR.PROTOCOL_ERROR, protocol_error=True)
         return
-    body = None
+    body = window = None
     if not event.ended:
-        body = BodyStream(ctx.buffer_limit)
+        window = RequestWindow(conn, sid)
+        body = BodyStream(ctx.buffer_limit, window.pause, window.resume)
     request = Request(method, path, authority, scheme or "http", headers, body, "2", True,
                       content_length if body is not None else None,
                       body is not None and content_length is None)
@@ -78,9 +79,7 @@ def on_request(conn: Http2Connection, event: RequestReceived) -> None:
     now = ctx.loop.time()
     info.start_time = now
     stream = H2Stream(sid, request, body, now)
-    if body is not None:
-        body.on_pause = lambda: pause_stream(stream)
-        body.on_resume = lambda: resume_stream(conn, stream)
+    stream.window = window
     conn.streams[sid] = stream
     stats.downstream_rq_active += 1
     conn.h2stats.streams_active += 1
@@ -143,25 +142,14 @@ def on_data(conn: Http2Connection, event: DataReceived) -> None:
             conn.h2.acknowledge_received_data(length, sid)
     else:
         body.feed(event.data)
-        if stream.paused:  # type: ignore[union-attr]
-            stream.unacked += length  # type: ignore[union-attr]
+        window: RequestWindow = stream.window  # type: ignore[union-attr,assignment]
+        if window.paused:
+            window.unacked += length
         elif length:
             conn.h2.acknowledge_received_data(length, sid)
     if event.ended and body is not None:
         body.feed_eof()
-
-
-def pause_stream(stream: H2Stream) -> None:
-    stream.paused = True
-
-
-def resume_stream(conn: Http2Connection, stream: H2Stream) -> None:
-    """The upstream read the body down: give the client its window back."""
-    stream.paused = False
-    unacked, stream.unacked = stream.unacked, 0
-    if unacked and not conn.closing:
-        conn.h2.acknowledge_received_data(unacked, stream.sid)
-        conn.flush_soon()
+        stream.body = None  # type: ignore[union-attr]    # (see on_trailers)
 
 
 def on_trailers(conn: Http2Connection, event: TrailersReceived) -> None:
@@ -170,6 +158,8 @@ def on_trailers(conn: Http2Connection, event: TrailersReceived) -> None:
     if stream is not None and stream.body is not None:
         stream.body.feed_eof([(n.decode("latin-1"), v.decode("latin-1"))
                               for n, v in event.headers])
+        # The whole body is in: the stream has no more use for it (its reader has it).
+        stream.body = None
 
 
 def on_reset(conn: Http2Connection, sid: int) -> None:

@@ -1,14 +1,17 @@
-"""One HTTP/2 stream's state, and the request HEADERS block turned into the pieces of a
-``Request``: Envoy's header limits, pseudo headers, and h2's connection state machine as a
-server that outlives the client's GOAWAY needs it."""
+"""One downstream HTTP/2 stream's state (and its request body's flow control), and the
+request HEADERS block turned into the pieces of a ``Request``: Envoy's header limits and
+the pseudo headers."""
 
 from __future__ import annotations
 
 import asyncio
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from sidecar.codec.events import Headers
 from sidecar.http.message import BodyStream, Request
+
+if TYPE_CHECKING:
+    from sidecar.http.connection_h2 import Http2Connection
 
 RawHeaders = list[tuple[bytes, bytes]]
 
@@ -61,10 +64,39 @@ def split_headers(raw: RawHeaders) -> tuple[str, str, str, str, Headers, int | N
     return method, path, authority, scheme, headers, content_length, expect_continue
 
 
+class RequestWindow:
+    """A request body's flow control (RFC 9113 5.2): while the body's buffer is above its
+    watermark (``pause``), received DATA is not acknowledged; once the upstream has read it
+    down (``resume``), the client gets that window back.
+
+    Apart from H2Stream on purpose: the body's callbacks hold this, and a stream they held
+    would make a reference cycle (stream -> request -> body -> callback -> stream), leaving
+    every stream with a body to the cyclic garbage collector."""
+
+    __slots__ = ("conn", "sid", "paused", "unacked")
+
+    def __init__(self, conn: Http2Connection, sid: int) -> None:
+        self.conn = conn
+        self.sid = sid
+        self.paused = False           # the body buffer is above its watermark
+        self.unacked = 0              # DATA bytes received and not yet acknowledged
+
+    def pause(self) -> None:
+        self.paused = True
+
+    def resume(self) -> None:
+        self.paused = False
+        unacked, self.unacked = self.unacked, 0
+        conn = self.conn
+        if unacked and not conn.closing:
+            conn.h2.acknowledge_received_data(unacked, self.sid)
+            conn.flush_soon()
+
+
 class H2Stream:
     """One stream's request, its body's flow-control state and its serving task."""
 
-    __slots__ = ("sid", "request", "body", "task", "unacked", "paused", "status", "done",
+    __slots__ = ("sid", "request", "body", "task", "window", "status", "done",
                  "window_waiter", "started", "upstream")
 
     def __init__(self, sid: int, request: Request, body: BodyStream | None, started: float) -> None:
@@ -72,8 +104,7 @@ class H2Stream:
         self.request = request
         self.body = body
         self.task: asyncio.Task[None] | None = None
-        self.unacked = 0              # DATA bytes received and not yet acknowledged
-        self.paused = False           # the body buffer is above its watermark
+        self.window: RequestWindow | None = None     # with a body
         self.status = 0               # the response status once its HEADERS were sent
         self.done = False
         self.window_waiter: asyncio.Future[None] | None = None

@@ -111,6 +111,10 @@ class Http1UpstreamConnection(WriteFlowControl, asyncio.Protocol):
     def _idle_expired(self) -> None:
         self.pool.idle_expired(self)
 
+    def set_deadline(self, when: float) -> None:
+        """The route timeout: no response head by ``when`` (loop time) fails the wait."""
+        self.route_deadline.set(when)
+
     def time_out(self) -> None:
         """The route timeout fired: fail the wait for the head, and drop the connection."""
         self._resolve(UpstreamTimeout())

@@ -349,6 +349,9 @@ class Http2UpstreamConnection(asyncio.Protocol):
             body = self._new_body(stream, started[1])
             body.feed_eof(trailers)
             stream.deliver(started[0], body)
+        # The body's reader holds it now; the stream letting go breaks the cycle through
+        # the body's pause/resume callbacks (the stream is freed without the cyclic GC).
+        stream.body = None
         stream.maybe_done()
 
     def _start_body(self, stream: Http2Stream, head: ResponseHead, chunks: list[bytes]) -> None:

@@ -5,7 +5,7 @@ Http2Stream gives the router the same verbs as an HTTP/1 upstream connection
 (sidecar/upstream/http1.py): ``send_head`` (here a header list with the
 pseudo-headers, sidecar/upstream/http2_headers.py), ``write`` / ``wait_writable``
 (request body, within the peer's flow-control windows), ``finish_request``
-(END_STREAM, or trailers), ``route_deadline`` and ``abort`` (RST_STREAM CANCEL).
+(END_STREAM, or trailers), ``set_deadline`` and ``abort`` (RST_STREAM CANCEL).
 The response head comes to the same kind of waiter (or, on Router.start's path, the
 same kind of callback: ``start``): the head, and the body as bytes when the whole
 response came in one read, else a BodyStream (with trailers, as gRPC needs).
@@ -72,7 +72,9 @@ class Http2Stream(WriteFlowControl):
         self.trailers: list[tuple[str, str]] | None = None
         self.write_paused = False
         self.drain_waiter: asyncio.Future[None] | None = None
-        self.route_deadline = LazyDeadline(conn.loop, self.time_out)
+        # Made when the route has a timeout, dropped when the stream ends: it holds the
+        # stream (its callback), and a cycle would leave the stream to the cyclic GC.
+        self.route_deadline: LazyDeadline | None = None
         self.unacked = 0                 # DATA held back while the body stream is paused
         self.reading_paused = False
         # The task sending the request body while the response comes (the router's).
@@ -116,6 +118,19 @@ class Http2Stream(WriteFlowControl):
         if not self.closed:
             self.conn.flush_stream(self)
         self.maybe_done()
+
+    def set_deadline(self, when: float) -> None:
+        """The route timeout: no response head by ``when`` (loop time) fails the wait."""
+        if self.closed:
+            return
+        if self.route_deadline is None:
+            self.route_deadline = LazyDeadline(self.conn.loop, self.time_out)
+        self.route_deadline.set(when)
+
+    def _drop_deadline(self) -> None:
+        deadline, self.route_deadline = self.route_deadline, None
+        if deadline is not None:
+            deadline.cancel()
 
     def time_out(self) -> None:
         """The route timeout fired before the response head: fail the wait, reset the stream."""
@@ -162,7 +177,8 @@ class Http2Stream(WriteFlowControl):
 
     def deliver(self, head: ResponseHead, body: bytes | BodyStream) -> None:
         self.head_received = True
-        self.route_deadline.clear()
+        if self.route_deadline is not None:
+            self.route_deadline.clear()
         self._resolve((head, body))
 
     def fail(self, error: Exception) -> None:
@@ -170,7 +186,7 @@ class Http2Stream(WriteFlowControl):
         if self.closed:
             return
         self.closed = True
-        self.route_deadline.cancel()
+        self._drop_deadline()
         self._resolve(error)
         if self.body is not None and not self.response_done:
             self.body.reset(BodyReset("upstream stream reset mid-body"))
@@ -181,5 +197,5 @@ class Http2Stream(WriteFlowControl):
         stream back to the connection, which frees its slot."""
         if self.request_done and self.response_done and not self.closed:
             self.closed = True
-            self.route_deadline.cancel()
+            self._drop_deadline()
             self.conn.stream_done(self)

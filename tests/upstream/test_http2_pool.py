@@ -56,7 +56,7 @@ async def exchange(pool: Http2Pool, path: str, body: bytes = b"", method: str = 
     stream = pool.take_idle() or await pool.acquire(deadline)
     waiter = stream.send_head(headers(path, method), end_stream=not body and trailers is None)
     if deadline is not None:
-        stream.route_deadline.set(deadline)
+        stream.set_deadline(deadline)
     if body or trailers is not None:
         stream.write(body)
         stream.finish_request(trailers)

@@ -188,7 +188,7 @@ class Router:
         else:
             conn.send_head(head, request.method, on_head)
         if timeout is not None:
-            conn.route_deadline.set(start + timeout)
+            conn.set_deadline(start + timeout)
         if not http2:
             conn.finish_request()
         return conn
@@ -383,7 +383,7 @@ class Router:
             waiter = conn.send_head(sent.data(head), request.method)
             assert waiter is not None
             if deadline is not None:
-                conn.route_deadline.set(deadline)
+                conn.set_deadline(deadline)
             try:
                 if not sent.finished:
                     await self.stream_body(body, conn, chunked, sent)  # type: ignore[arg-type]
@@ -422,7 +422,7 @@ class Router:
             stream = pool.take_idle() or await pool.acquire(deadline)
             waiter = stream.send_head(headers, end_stream=body is None)
             if deadline is not None:
-                stream.route_deadline.set(deadline)
+                stream.set_deadline(deadline)
             try:
                 if body is not None:
                     stream.write(sent.data(b""))

@@ -145,7 +145,7 @@ async def shadow_exchange(cluster: Any, method: str, data: bytes, deadline: floa
         waiter = conn.send_head(data, method)
         assert waiter is not None
         if deadline is not None:
-            conn.route_deadline.set(deadline)
+            conn.set_deadline(deadline)
         conn.finish_request()
         head, body = await waiter
         if type(body) is not bytes:

@@ -82,7 +82,8 @@ UNLIMITED_STREAMS: Final = 2**32 + 1
 # A header block may span this many frames (h2's CONTINUATION backlog): a CONTINUATION
 # flood ends the connection.
 MAX_HEADER_FRAMES: Final = 64
-# How the streams no longer open are remembered (for how to answer a late frame on one).
+# How the streams no longer open are remembered (for how to answer a late frame on one):
+# the last 4096 to 8192 of them.
 SENT_END: Final = 1
 RECEIVED_END: Final = 2
 SENT_RESET: Final = 3
@@ -145,7 +146,10 @@ class H2Connection:
         self.inbound_max = DEFAULT_WINDOW
         self.inbound_processed = 0
         self.streams: dict[int, H2Stream] = {}
-        self.closed: dict[int, int] = {}     # stream id -> how it closed (SENT_END...)
+        # Stream id -> how it closed (SENT_END...), for the streams closed lately: two
+        # generations, the older dropped whole when the newer fills up.
+        self.closed: dict[int, int] = {}
+        self.closed_before: dict[int, int] = {}
         self.highest_inbound = 0
         self.highest_outbound = 0
         self.encoder = Encoder()
@@ -201,9 +205,11 @@ class H2Connection:
         return self.highest_outbound + 2
 
     def send_headers(self, stream_id: int, headers: list[Any], end_stream: bool = False) -> None:
-        """A request's, response's (a 1xx one too) or trailers' header block."""
-        block = [(n.encode() if type(n) is str else n, v.encode() if type(v) is str else v)
-                 for n, v in headers]
+        """A request's, response's (a 1xx one too) or trailers' header block: fields as
+        bytes, or all as str (encoded UTF-8 here)."""
+        block = headers
+        if headers and type(headers[0][0]) is str:
+            block = [(n.encode(), v.encode()) for n, v in headers]
         stream = self.streams.get(stream_id)
         is_trailer = False
         if stream is None:
@@ -351,8 +357,9 @@ class H2Connection:
         del self.streams[sid]
         closed = self.closed
         closed[sid] = how
-        if len(closed) > REMEMBERED_CLOSED:
-            del closed[next(iter(closed))]
+        if len(closed) >= REMEMBERED_CLOSED:
+            self.closed_before = closed
+            self.closed = {}
 
     # --- receiving --------------------------------------------------------------------------
 
@@ -576,7 +583,7 @@ class H2Connection:
             self._remote_end(stream)
 
     def _headers_on_closed(self, sid: int) -> None:
-        how = self.closed.get(sid, 0)
+        how = self.closed.get(sid, 0) or self.closed_before.get(sid, 0)
         if how == SENT_RESET or how == RECEIVED_RESET:
             self._rst(sid, STREAM_CLOSED)         # it crossed our reset: a stream error
         elif how:

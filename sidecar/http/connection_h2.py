@@ -80,6 +80,8 @@ class Http2Connection(asyncio.Protocol):
         self.last_stream = 0
         self.flush_pending = False
         self.arrived: list[H2Stream] = []    # new streams with a body, served after the read
+        # Streams whose response waits for the client's window (WINDOW_UPDATE wakes them).
+        self.window_blocked: dict[int, H2Stream] = {}
 
     # --- asyncio.Protocol ------------------------------------------------------------
 

@@ -249,6 +249,7 @@ async def send_data(conn: Http2Connection, stream: H2Stream, data: bytes, end: b
         if window <= 0:
             conn.flush_soon()
             waiter = stream.window_waiter = conn.ctx.loop.create_future()
+            conn.window_blocked[sid] = stream
             await waiter
             continue
         size = min(window, h2conn.max_outbound_frame_size, len(view))
@@ -272,10 +273,12 @@ def on_window_update(conn: Http2Connection, sid: int) -> None:
     if conn.flood_check(conn.guard.window_update_frame()):
         return
     if sid == 0:
-        for stream in conn.streams.values():
-            wake_window(stream)
+        if conn.window_blocked:
+            blocked, conn.window_blocked = conn.window_blocked, {}
+            for stream in blocked.values():
+                wake_window(stream)
     else:
-        one = conn.streams.get(sid)
+        one = conn.window_blocked.pop(sid, None)
         if one is not None:
             wake_window(one)
 
@@ -347,6 +350,7 @@ def abandon(conn: Http2Connection, stream: H2Stream) -> None:
 def closed(conn: Http2Connection, stream: H2Stream) -> None:
     stream.done = True
     wake_window(stream)
+    conn.window_blocked.pop(stream.sid, None)
     conn.streams.pop(stream.sid, None)
     conn.stats.downstream_rq_active -= 1
     conn.h2stats.streams_active -= 1

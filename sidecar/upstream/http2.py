@@ -134,7 +134,11 @@ class Http2UpstreamConnection(asyncio.Protocol):
                 else:
                     stream.pending.pop(0)
                 stream.pending_size -= len(piece)
-                h2c.send_data(sid, piece)
+                # The last piece of a finished body without trailers ends the stream itself.
+                last = not stream.pending and stream.request_done and not stream.trailers
+                h2c.send_data(sid, piece, end_stream=last)
+                if last:
+                    stream.ended = True
             if not stream.pending and stream.request_done and not stream.ended:
                 stream.ended = True
                 if stream.trailers:

@@ -161,7 +161,7 @@ class Request:
 
     __slots__ = ("method", "path", "authority", "scheme", "headers", "body", "version",
                  "keep_alive", "content_length", "chunked", "expect_continue",
-                 "route", "cluster_pick", "upstream_pick", "info", "upgrade")
+                 "route", "cluster_pick", "upstream_pick", "info", "upgrade", "refused")
 
     def __init__(self, method: str, path: str, authority: str, scheme: str, headers: Headers,
                  body: BodyStream | None, version: str = "1.1", keep_alive: bool = True,
@@ -184,6 +184,9 @@ class Request:
         self.info = info if info is not None else StreamInfo()
         # An allowed HTTP/1.1 Upgrade: its Upgrade and Connection fields, sent upstream.
         self.upgrade: list[tuple[str, str]] | None = None
+        # An HTTP/2 upstream refused the stream Router.start's path sent: the coroutine path's
+        # send is the one more it gets (no refused-stream replay of its own).
+        self.refused = False
 
     def header(self, name: str) -> str | None:
         """The first value of ``name`` (lower-case), or None."""

@@ -159,24 +159,41 @@ def test_refused_stream_is_resent_once_without_a_policy():
         assert script.attempts["/refused"] == 2
 
 
-def test_a_refused_stream_with_its_body_at_hand_is_resent_whole():
+class RefuseCalls(RefuseFirst):
+    """RefuseFirst, except that /never is refused every time."""
+
+    def __call__(self, r: H2Received) -> H2Reply:
+        if r.path == "/never":
+            self.attempts[r.path] = self.attempts.get(r.path, 0) + 1
+            return H2Reply(reset=h2.errors.ErrorCodes.REFUSED_STREAM)
+        return super().__call__(r)
+
+
+def test_a_refused_stream_with_its_body_at_hand_is_resent_whole_and_once():
     """A request whose body came with its head (a gRPC call's does), to a warm pooled
     connection: the router forwards it from its callback, and when the upstream refuses
-    that stream the request goes again on the coroutine path, body and all."""
-    script = RefuseFirst()
+    that stream the request goes again on the coroutine path, body and all; once only."""
+    script = RefuseCalls()
     body = bytes(range(256)) * 40
     with H2Upstream(script) as up, ProxyProcess(refused_config(up.port, None)) as proxy, \
             H2Client(proxy.ports["web"]) as client:
         assert client.get("/warm").status == 200          # the pool now holds a connection
-        sid = client.conn.get_next_available_stream_id()
-        client.streams[sid] = StreamResult()
-        client.conn.send_headers(sid, [(":method", "POST"), (":path", "/call"), (":scheme", "http"),
-                                       (":authority", "a"), ("content-type", "application/grpc")])
-        client.conn.send_data(sid, body, end_stream=True)
-        client.flush()                                      # HEADERS and DATA in one write
-        r = client.wait(sid)
+
+        def call(path: str) -> StreamResult:
+            sid = client.conn.get_next_available_stream_id()
+            client.streams[sid] = StreamResult()
+            client.conn.send_headers(sid, [(":method", "POST"), (":path", path), (":scheme", "http"),
+                                           (":authority", "a"), ("content-type", "application/grpc")])
+            client.conn.send_data(sid, body, end_stream=True)
+            client.flush()                                  # HEADERS and DATA in one write
+            return client.wait(sid)
+
+        r = call("/call")
         assert (r.status, bytes(r.body)) == (200, b"attempt 2")
+        never = call("/never")                  # 503, gRPC-shaped: grpc-status 14 UNAVAILABLE
+        assert (never.status, never.header("grpc-status")) == (200, "14")
     assert [r.body for r in up.requests if r.path == "/call"] == [body, body]
+    assert script.attempts["/never"] == 2
 
 
 class GoawayEvery:

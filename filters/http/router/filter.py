@@ -157,12 +157,15 @@ class Router:
                     response = self.downstream_response(request, head, outcome[1], conn)
                     answer(self.respond(response, entry, weighted, stats, start))
                     return
-                if ((type(outcome) is UpstreamClosed and not outcome.received_any)
-                        or type(outcome) is UpstreamRefused):
-                    # The pooled connection was already closed, or the upstream refused
-                    # the stream: the coroutine path sends it anew (with its body again).
+                was_refused = type(outcome) is UpstreamRefused
+                if was_refused or (not http2 and type(outcome) is UpstreamClosed
+                                   and not outcome.received_any):
+                    # The pooled HTTP/1 connection was already closed (the keep-alive race),
+                    # or the upstream refused the stream (it did not process it): the
+                    # coroutine path sends it anew (with its body again).
                     stats.upstream_rq_total -= 1      # counted again on the coroutine path
                     request.upstream_pick = (name, weighted, host)
+                    request.refused = was_refused
                     if body is not None:
                         request.body = BodyStream()
                         request.body.feed(data)
@@ -260,7 +263,8 @@ class Router:
         head = self.upstream_head(request, entry, action, weighted, host, timeout)
         try:
             response = await self.exchange(request, host, head,
-                                           None if timeout is None else start + timeout, sent)
+                                           None if timeout is None else start + timeout, sent,
+                                           not request.refused)
         except LocalReply as reply:
             if reply.flag == "UO":      # max_pending_requests: never sent
                 stats.upstream_rq_total -= 1

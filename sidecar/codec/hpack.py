@@ -287,11 +287,15 @@ class Encoder:
         else:
             items = headers
         for header in items:
+            kind = type(header)
             sensitive = False
-            if isinstance(header, HeaderTuple):
-                sensitive = not header.indexable
-            elif len(header) > 2:
-                sensitive = bool(header[2])
+            if kind is NeverIndexedHeaderTuple:
+                sensitive = True
+            elif kind is not HeaderTuple:
+                if isinstance(header, HeaderTuple):
+                    sensitive = not header.indexable
+                elif len(header) > 2:
+                    sensitive = bool(header[2])
             self._add(out, _to_bytes(header[0]), _to_bytes(header[1]), sensitive, huffman)
         return bytes(out)
 
@@ -299,13 +303,17 @@ class Encoder:
         table = self.table
         # hpack's search: a full static match, else a full dynamic match (the newest),
         # else the static name, else the newest dynamic entry of that name.
-        index = _STATIC_PAIRS.get((name, value), 0)
+        field = (name, value)
+        index = _STATIC_PAIRS.get(field, 0)
+        if not index:
+            seq = table.pairs.get(field, -1)
+            if seq >= 0:
+                index = table.index_of(seq)
         if index:
-            _encode_int(out, index, 7, 0x80)
-            return
-        seq = table.pairs.get((name, value), -1)
-        if seq >= 0:
-            _encode_int(out, table.index_of(seq), 7, 0x80)
+            if index < 127:
+                out.append(0x80 | index)        # (an indexed field: one octet, mostly)
+            else:
+                _encode_int(out, index, 7, 0x80)
             return
         index = _STATIC_NAMES.get(name, 0)
         if not index:

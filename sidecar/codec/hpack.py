@@ -345,10 +345,15 @@ def _encode_string(out: bytearray, data: bytes, huffman: bool) -> None:
 class Decoder:
     """hpack.Decoder's interface, errors and limits, compiled."""
 
-    def __init__(self, max_header_list_size: int = DEFAULT_MAX_HEADER_LIST_SIZE) -> None:
+    def __init__(self, max_header_list_size: int = DEFAULT_MAX_HEADER_LIST_SIZE,
+                 plain: bool = False) -> None:
         self.table = DynamicTable(False)
         self.max_header_list_size = max_header_list_size
         self.max_allowed_table_size = DEFAULT_TABLE_SIZE
+        # Plain (name, value) tuples instead of hpack's HeaderTuple classes (whose never-
+        # indexed mark only a forwarding HPACK encoder would use): an indexed field is then
+        # the table's own tuple, nothing allocated.
+        self.plain = plain
 
     @property
     def header_table_size(self) -> int:
@@ -366,6 +371,7 @@ class Decoder:
         pos = 0
         end = len(buf)
         limit = self.max_header_list_size
+        plain = self.plain
         while pos < end:
             first = buf[pos]
             header: Any = None
@@ -373,7 +379,7 @@ class Decoder:
                 index, used = _decode_int(buf, pos, 7)
                 pos += used
                 entry = table.get(index)
-                header = tuple.__new__(HeaderTuple, entry)
+                header = entry if plain else tuple.__new__(HeaderTuple, entry)
                 name, value = entry
             elif first & 0x20 and not first & 0x40:
                 # A dynamic table size update: only before the first field (RFC 7541 4.2).
@@ -397,7 +403,9 @@ class Decoder:
                 else:
                     name, pos = _decode_string(buf, pos + 1)
                 value, pos = _decode_string(buf, pos)
-                if not indexing and first & 0x10:
+                if plain:
+                    header = (name, value)
+                elif not indexing and first & 0x10:
                     header = tuple.__new__(NeverIndexedHeaderTuple, (name, value))
                 else:
                     header = tuple.__new__(HeaderTuple, (name, value))

@@ -153,7 +153,7 @@ class H2Connection:
         self.highest_inbound = 0
         self.highest_outbound = 0
         self.encoder = Encoder()
-        self.decoder = Decoder(max_header_list_size)
+        self.decoder = Decoder(max_header_list_size, plain=True)
 
     # --- starting, and what goes out ------------------------------------------------------
 

@@ -41,7 +41,8 @@ def process_received_headers(headers: list[Any], is_trailer: bool, is_response: 
         _validate(headers, is_trailer, is_response, True)
     if encoding is not None:
         # (tuple.__new__: HeaderTuple's own __new__ is Python code.)
-        return [tuple.__new__(h.__class__, (h[0].decode(encoding), h[1].decode(encoding)))
+        return [(h[0].decode(encoding), h[1].decode(encoding)) if type(h) is tuple
+                else tuple.__new__(h.__class__, (h[0].decode(encoding), h[1].decode(encoding)))
                 for h in headers]
     return headers
 

@@ -110,6 +110,7 @@ def test_random_exchanges_both_ways(seed: int) -> None:
     rnd = random.Random(seed)
     theirs_enc, ours_enc = hpack.Encoder(), ours.Encoder()
     theirs_dec, ours_dec = hpack.Decoder(), ours.Decoder()
+    plain_dec = ours.Decoder(1 << 20, plain=True)       # as our HTTP/2 connection decodes
     ours_dec.max_header_list_size = theirs_dec.max_header_list_size = 1 << 20
     for _ in range(1500):
         if rnd.random() < 0.03:
@@ -117,6 +118,7 @@ def test_random_exchanges_both_ways(seed: int) -> None:
             size = rnd.choice([0, 64, 256, 4096, 8192])
             theirs_enc.header_table_size = ours_enc.header_table_size = size
             theirs_dec.max_allowed_table_size = ours_dec.max_allowed_table_size = max(size, 4096)
+            plain_dec.max_allowed_table_size = max(size, 4096)
         block_list = random_headers(rnd)
         huffman = rnd.random() < 0.8
         ours_block = ours_enc.encode(block_list, huffman=huffman)
@@ -129,6 +131,8 @@ def test_random_exchanges_both_ways(seed: int) -> None:
         assert decoded_theirs == decoded_ours == expected
         assert [type(h) for h in decoded_ours] == [type(h) for h in decoded_theirs]
         assert all(isinstance(h, HeaderTuple) for h in decoded_ours)
+        decoded_plain = plain_dec.decode(ours_block, raw=True)
+        assert decoded_plain == expected and all(type(h) is tuple for h in decoded_plain)
     assert ours_dec.table.entries, "the exchange never used the dynamic table"
 
 

@@ -1,7 +1,7 @@
 """The HTTP/2 connection manager: one downstream h2c connection, its streams served concurrently.
 
 An ``asyncio.Protocol`` over our sans-IO HTTP/2 codec (codec/http2.py).  This module owns the
-connection: our SETTINGS, the dispatch of h2's events, the writes (coalesced per
+connection: our SETTINGS, the dispatch of the codec's events, the writes (coalesced per
 loop iteration), abuse defences, protocol errors, GOAWAY, drain, idle and close.
 Its streams are served by two modules of plain functions over its state:
 
@@ -17,7 +17,7 @@ windows and for the socket to drain (h2_respond.py, and pause_writing here).
 
 Abuse defences (h2_guard.py): Envoy's flood limits, premature (rapid) resets,
 header list size and count limits (RST_STREAM INTERNAL_ERROR on that stream,
-as Envoy), and protocol errors: GOAWAY with h2's error code, then close.
+as Envoy), and protocol errors: GOAWAY with the codec's error code, then close.
 """
 
 from __future__ import annotations
@@ -174,7 +174,7 @@ class Http2Connection(asyncio.Protocol):
     # --- writing, errors, idle, close ---------------------------------------------------------------
 
     def flush_soon(self) -> None:
-        """Write what h2 has queued at the end of this loop iteration: the frames of every
+        """Write what the codec has queued at the end of this loop iteration: the frames of every
         stream answered meanwhile go out in one write (one syscall, not one per frame)."""
         if not self.flush_pending:
             self.flush_pending = True
@@ -207,7 +207,7 @@ class Http2Connection(asyncio.Protocol):
         self.transport.abort()  # type: ignore[union-attr]
 
     def _protocol_error(self, error: h2.exceptions.ProtocolError) -> None:
-        """The client broke HTTP/2: h2 queued a GOAWAY with the error's code; send it and close."""
+        """The client broke HTTP/2: the codec queued a GOAWAY with the error's code; send it and close."""
         self.stats.downstream_cx_protocol_error += 1
         text = str(error).lower()
         if "preamble" in text:
@@ -225,7 +225,7 @@ class Http2Connection(asyncio.Protocol):
         self.close_with(None)
 
     def close_with(self, code: int | None, protocol_error: bool = False) -> None:
-        """Send a GOAWAY (``code``, or the one h2 already queued) and close."""
+        """Send a GOAWAY (``code``, or the one the codec already queued) and close."""
         if protocol_error:
             self.stats.downstream_cx_protocol_error += 1
         if code is not None:

@@ -7,7 +7,7 @@ and connection windows and for the socket to drain, so a stalled reader stalls t
 upstream read (BodyStream's watermark), never our memory.
 
 Plain functions over the connection's state (connection_h2.Http2Connection, which
-owns the socket, h2's state and the streams); compiled, they cost what its methods did.
+owns the socket, the HTTP/2 protocol state and the streams); compiled, they cost what its methods did.
 """
 
 from __future__ import annotations

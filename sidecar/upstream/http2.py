@@ -1,12 +1,12 @@
 """One HTTP/2 (h2c, prior knowledge) connection to an upstream host, its streams multiplexed.
 
 Http2UpstreamConnection is the asyncio protocol around our HTTP/2 codec's client
-side (codec/http2.py): it opens, flushes and resets its streams' frames, and turns h2's
+side (codec/http2.py): it opens, flushes and resets its streams' frames, and turns the codec's
 events into calls on the streams (sidecar/upstream/http2_stream.py), which are
 what the router holds.  Its pool (sidecar/upstream/pool_h2.py) asks it for room
 (``capacity``) and new streams, and hears back when a stream ends or it closes.
 
-Writes are coalesced: what h2 queues during one loop iteration goes out in one
+Writes are coalesced: what the codec queues during one loop iteration goes out in one
 write (``_send_soon``).
 
 Backpressure on the response: DATA is acknowledged (WINDOW_UPDATE) as it is
@@ -49,7 +49,7 @@ DEFAULT_CONNECTION_WINDOW = 1024 * 1024
 
 
 class Http2UpstreamConnection(asyncio.Protocol):
-    """One h2c connection, owned by its Http2Pool: the h2 state machine, the socket, and
+    """One h2c connection, owned by its Http2Pool: the HTTP/2 protocol state, the socket, and
     the Http2Streams open on it (``streams``, by stream id)."""
 
     def __init__(self, pool: Http2Pool, stream_window: int = DEFAULT_STREAM_WINDOW,
@@ -204,7 +204,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
         self.transport.close()  # type: ignore[union-attr]
 
     def _send_soon(self) -> None:
-        """Write what h2 has queued at the end of this loop iteration: a request's HEADERS,
+        """Write what the codec has queued at the end of this loop iteration: a request's HEADERS,
         DATA and END_STREAM (and those of the other streams started meanwhile) go out in
         one write syscall instead of one each."""
         if not self.send_pending:

@@ -2,7 +2,7 @@
 connection: the request head out (pseudo-headers first), the response head back in.
 
 Kept apart from the connection (sidecar/upstream/http2.py) because it is pure data
-translation: no h2 state, no I/O, testable on lists alone.
+translation: no protocol state, no I/O, testable on lists alone.
 """
 
 from __future__ import annotations

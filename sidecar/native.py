@@ -35,6 +35,7 @@ HOT_PATH = (
     "sidecar.codec.events",
     "sidecar.codec.hpack",
     "sidecar.codec.http2_events",
+    "sidecar.codec.http2_frames",
     "sidecar.codec.http1",
     "sidecar.codec.http1_httptools",
     "sidecar.flow_control",

@@ -351,8 +351,8 @@ class Decoder:
         self.max_header_list_size = max_header_list_size
         self.max_allowed_table_size = DEFAULT_TABLE_SIZE
         # Plain (name, value) tuples instead of hpack's HeaderTuple classes (whose never-
-        # indexed mark only a forwarding HPACK encoder would use): an indexed field is then
-        # the table's own tuple, nothing allocated.
+        # indexed mark only a forwarding HPACK encoder would use): no Python-level
+        # construction per field.
         self.plain = plain
 
     @property
@@ -379,7 +379,12 @@ class Decoder:
                 index, used = _decode_int(buf, pos, 7)
                 pos += used
                 entry = table.get(index)
-                header = entry if plain else tuple.__new__(HeaderTuple, entry)
+                # (Statements, not a conditional expression: compiled, that would take the
+                # HeaderTuple apart into a plain tuple.)
+                if plain:
+                    header = entry
+                else:
+                    header = tuple.__new__(HeaderTuple, entry)
                 name, value = entry
             elif first & 0x20 and not first & 0x40:
                 # A dynamic table size update: only before the first field (RFC 7541 4.2).

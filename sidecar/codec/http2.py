@@ -15,8 +15,9 @@ behaviour, which stays the reference the tests hold it against
   that is over raises ``StreamClosedError``.
 
 Header blocks go through our compiled HPACK (codec/hpack.py) and h2's header rules
-(http/h2_headers.py).  Received WINDOW_UPDATEs are batched as h2 batches them: a window
-is handed back once half of it was consumed (or, when it is shut, 1 KiB).
+(http/h2_headers.py); the protocol's constants and single-value rules are in
+codec/http2_frames.py.  The WINDOW_UPDATEs for received DATA are batched as h2 batches
+them: a window is handed back once half of it was consumed (or, when it is shut, 1 KiB).
 
 Deliberately left out, as nothing here uses them: server push (PUSH_PROMISE is a
 protocol error: both ends announce ENABLE_PUSH 0), sending padding or priorities, the
@@ -38,47 +39,17 @@ from sidecar.codec.http2_events import (ConnectionTerminated, DataReceived, Ping
                                         PriorityUpdated, RemoteSettingsChanged, RequestReceived,
                                         ResponseReceived, StreamReset, TrailersReceived,
                                         WindowUpdated)
+from sidecar.codec.http2_frames import (PREFACE, DATA, HEADERS, PRIORITY, RST_STREAM, SETTINGS,
+                                         PUSH_PROMISE, PING, GOAWAY, WINDOW_UPDATE, CONTINUATION,
+                                         END_STREAM, ACK, END_HEADERS, PADDED, PRIORITY_FLAG,
+                                         NO_ERROR, FLOW_CONTROL_ERROR, STREAM_CLOSED,
+                                         HEADER_TABLE_SIZE, ENABLE_PUSH, MAX_CONCURRENT_STREAMS,
+                                         INITIAL_WINDOW_SIZE, MAX_FRAME_SIZE, MAX_HEADER_LIST_SIZE,
+                                         ENABLE_CONNECT_PROTOCOL, MAX_WINDOW, DEFAULT_WINDOW,
+                                         DEFAULT_FRAME_SIZE, UNLIMITED_STREAMS, content_length,
+                                         setting_error, window_increment)
 from sidecar.http.h2_headers import process_outbound_headers, process_received_headers
 
-PREFACE: Final = b"PRI * HTTP/2.0\r\n\r\nSM\r\n\r\n"
-
-# Frame types and flags (RFC 9113 6).
-DATA: Final = 0x0
-HEADERS: Final = 0x1
-PRIORITY: Final = 0x2
-RST_STREAM: Final = 0x3
-SETTINGS: Final = 0x4
-PUSH_PROMISE: Final = 0x5
-PING: Final = 0x6
-GOAWAY: Final = 0x7
-WINDOW_UPDATE: Final = 0x8
-CONTINUATION: Final = 0x9
-END_STREAM: Final = 0x1
-ACK: Final = 0x1
-END_HEADERS: Final = 0x4
-PADDED: Final = 0x8
-PRIORITY_FLAG: Final = 0x20
-
-# Error codes (RFC 9113 7) used here.
-NO_ERROR: Final = 0x0
-PROTOCOL_ERROR: Final = 0x1
-FLOW_CONTROL_ERROR: Final = 0x3
-STREAM_CLOSED: Final = 0x5
-
-# Settings (RFC 9113 6.5.2).
-HEADER_TABLE_SIZE: Final = 0x1
-ENABLE_PUSH: Final = 0x2
-MAX_CONCURRENT_STREAMS: Final = 0x3
-INITIAL_WINDOW_SIZE: Final = 0x4
-MAX_FRAME_SIZE: Final = 0x5
-MAX_HEADER_LIST_SIZE: Final = 0x6
-ENABLE_CONNECT_PROTOCOL: Final = 0x8
-
-MAX_WINDOW: Final = 2**31 - 1
-DEFAULT_WINDOW: Final = 65535
-DEFAULT_FRAME_SIZE: Final = 16384
-# No limit until the peer's SETTINGS say otherwise (h2's stand-in for "unlimited").
-UNLIMITED_STREAMS: Final = 2**32 + 1
 # A header block may span this many frames (h2's CONTINUATION backlog): a CONTINUATION
 # flood ends the connection.
 MAX_HEADER_FRAMES: Final = 64
@@ -311,7 +282,7 @@ class H2Connection:
 
     def acknowledge_received_data(self, size: int, stream_id: int) -> None:
         """``size`` flow-controlled bytes were consumed: hand the windows back (batched)."""
-        increment = _increment(self.inbound_window, self.inbound_max,
+        increment = window_increment(self.inbound_window, self.inbound_max,
                                self.inbound_processed + size)
         if increment < 0:
             self.inbound_processed += size
@@ -324,7 +295,7 @@ class H2Connection:
         if stream is None or stream.remote_ended:
             return          # nothing more will come on it: its window no longer matters
         processed = stream.inbound_processed + size
-        increment = _increment(stream.inbound_window, stream.inbound_max, processed)
+        increment = window_increment(stream.inbound_window, stream.inbound_max, processed)
         if increment < 0:
             stream.inbound_processed = processed
         else:
@@ -570,7 +541,7 @@ class H2Connection:
             raise ProtocolError("Trailers must have END_STREAM set")
         if not trailers:
             stream.headers_received = True
-            stream.expected_length = 0 if stream.head_request else _content_length(headers)
+            stream.expected_length = 0 if stream.head_request else content_length(headers)
         headers = process_received_headers(headers, trailers, client and not trailers, True, True,
                                            self.header_encoding)
         if trailers:
@@ -646,7 +617,7 @@ class H2Connection:
         for pos in range(0, len(payload), 6):
             code = (payload[pos] << 8) | payload[pos + 1]
             value = int.from_bytes(payload[pos + 2:pos + 6], "big")
-            error = _setting_error(code, value, self.client_side)
+            error = setting_error(code, value, self.client_side)
             if error:
                 raise InvalidSettingsValueError(f"Setting {code} has invalid value {value}",
                                                 error_code=error)  # type: ignore[arg-type]
@@ -692,45 +663,3 @@ class H2Connection:
                                            int.from_bytes(payload[:4], "big") & 0x7FFFFFFF,
                                            payload[8:] or None))
 
-
-def _increment(window: int, max_window: int, processed: int) -> int:
-    """h2's WindowManager rule: how much window to hand back now that ``processed`` bytes
-    were consumed; -1 to wait (the bytes stay counted).  Back once half the window was
-    consumed, or once the window is shut and a little (1 KiB, or a quarter) was."""
-    if not processed:
-        return 0
-    if (window == 0 and processed > min(1024, max_window // 4)) or processed >= max_window // 2:
-        room = max_window - window
-        return processed if processed < room else room
-    return -1
-
-
-def _content_length(headers: list[Any]) -> int:
-    """The content-length a header block announces (-1: none), as h2 reads it."""
-    length = -1
-    for name, value in headers:
-        if name == b"content-length":
-            if not value.isdigit():
-                raise ProtocolError(f"Invalid content-length header: {value!r}")
-            parsed = int(value)
-            if length < 0:
-                length = parsed
-            elif parsed != length:
-                raise ProtocolError(f"Conflicting content-length headers: {length} and {parsed}")
-    return length
-
-
-def _setting_error(code: int, value: int, client_side: bool) -> int:
-    """The error code a received setting's value earns (0: valid), as h2 validates it."""
-    if code == ENABLE_PUSH:
-        if value > 1 or (client_side and value != 0):
-            return PROTOCOL_ERROR
-    elif code == INITIAL_WINDOW_SIZE:
-        if value > MAX_WINDOW:
-            return FLOW_CONTROL_ERROR
-    elif code == MAX_FRAME_SIZE:
-        if not 16384 <= value <= 16777215:
-            return PROTOCOL_ERROR
-    elif code == ENABLE_CONNECT_PROTOCOL and value > 1:
-        return PROTOCOL_ERROR
-    return 0

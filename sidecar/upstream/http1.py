@@ -46,6 +46,20 @@ class UpstreamTimeout(Exception):
 ResponseStart = tuple[ResponseHead, "bytes | BodyStream"]
 
 
+def hand_over(outcome: ResponseStart | Exception,
+              callback: Callable[[ResponseStart | Exception], None] | None,
+              waiter: asyncio.Future[ResponseStart] | None) -> None:
+    """A response head (or the failure) to whoever waits for it: Router.start's callback,
+    or the coroutine path's future."""
+    if callback is not None:
+        callback(outcome)
+    elif waiter is not None and not waiter.done():
+        if isinstance(outcome, Exception):
+            waiter.set_exception(outcome)
+        else:
+            waiter.set_result(outcome)
+
+
 class Http1UpstreamConnection(WriteFlowControl, asyncio.Protocol):
     __slots__ = ("pool", "parser", "transport", "head_waiter", "on_head", "body", "closed",
                  "received_any", "request_done", "response_done", "reusable",
@@ -216,15 +230,8 @@ class Http1UpstreamConnection(WriteFlowControl, asyncio.Protocol):
     def _resolve(self, outcome: ResponseStart | Exception) -> None:
         """Hand the response head, or the error, to whoever waits for it (once)."""
         callback, self.on_head = self.on_head, None
-        if callback is not None:
-            callback(outcome)
-            return
         waiter, self.head_waiter = self.head_waiter, None
-        if waiter is not None and not waiter.done():
-            if isinstance(outcome, Exception):
-                waiter.set_exception(outcome)
-            else:
-                waiter.set_result(outcome)
+        hand_over(outcome, callback, waiter)
 
     def _done(self) -> None:
         if self.body is not None:

@@ -27,7 +27,7 @@ from sidecar.codec.events import ResponseHead
 from sidecar.flow_control import WriteFlowControl
 from sidecar.http.message import BodyReset, BodyStream
 from sidecar.timers import LazyDeadline
-from sidecar.upstream.http1 import ResponseStart, UpstreamClosed, UpstreamTimeout
+from sidecar.upstream.http1 import ResponseStart, UpstreamClosed, UpstreamTimeout, hand_over
 
 if TYPE_CHECKING:
     from sidecar.upstream.http2 import Http2UpstreamConnection
@@ -163,17 +163,9 @@ class Http2Stream(WriteFlowControl):
             self.conn.acknowledge(self, unacked)
 
     def _resolve(self, outcome: ResponseStart | Exception) -> None:
-        on_head = self.on_head
-        if on_head is not None:
-            self.on_head = None
-            on_head(outcome)
-            return
+        callback, self.on_head = self.on_head, None
         waiter, self.head_waiter = self.head_waiter, None
-        if waiter is not None and not waiter.done():
-            if isinstance(outcome, Exception):
-                waiter.set_exception(outcome)
-            else:
-                waiter.set_result(outcome)
+        hand_over(outcome, callback, waiter)
 
     def deliver(self, head: ResponseHead, body: bytes | BodyStream) -> None:
         self.head_received = True

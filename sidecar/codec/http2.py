@@ -62,7 +62,7 @@ RECEIVED_RESET: Final = 4
 REMEMBERED_CLOSED: Final = 4096
 
 
-class H2Stream:
+class StreamState:
     """One stream's state: which sides have ended it, its windows, its body's length."""
 
     def __init__(self, stream_id: int, outbound_window: int, inbound_window: int) -> None:
@@ -116,7 +116,7 @@ class H2Connection:
         self.inbound_window = DEFAULT_WINDOW
         self.inbound_max = DEFAULT_WINDOW
         self.inbound_processed = 0
-        self.streams: dict[int, H2Stream] = {}
+        self.streams: dict[int, StreamState] = {}
         # Stream id -> how it closed (SENT_END...), for the streams closed lately: two
         # generations, the older dropped whole when the newer fills up.
         self.closed: dict[int, int] = {}
@@ -190,7 +190,7 @@ class H2Connection:
                 raise TooManyStreamsError(
                     f"Max outbound streams is {self.remote_max_concurrent_streams}, "
                     f"{len(self.streams)} open")
-            stream = H2Stream(stream_id, self.remote_initial_window, self.local_initial_window)
+            stream = StreamState(stream_id, self.remote_initial_window, self.local_initial_window)
             self.streams[stream_id] = stream
             self.highest_outbound = stream_id
             stream.headers_sent = True
@@ -259,7 +259,7 @@ class H2Connection:
         self._frame(DATA, END_STREAM, stream_id, b"")
         self._local_end(stream)
 
-    def _sending_on(self, stream_id: int) -> H2Stream:
+    def _sending_on(self, stream_id: int) -> StreamState:
         stream = self.streams.get(stream_id)
         if stream is None or stream.local_ended:
             raise StreamClosedError(stream_id)
@@ -318,12 +318,12 @@ class H2Connection:
         last = self.highest_inbound if last_stream_id < 0 else last_stream_id
         self._frame(GOAWAY, 0, 0, last.to_bytes(4, "big") + int(error_code).to_bytes(4, "big"))
 
-    def _local_end(self, stream: H2Stream) -> None:
+    def _local_end(self, stream: StreamState) -> None:
         stream.local_ended = True
         if stream.remote_ended:
             self._close(stream, SENT_END)
 
-    def _close(self, stream: H2Stream, how: int) -> None:
+    def _close(self, stream: StreamState, how: int) -> None:
         sid = stream.stream_id
         del self.streams[sid]
         closed = self.closed
@@ -460,7 +460,7 @@ class H2Connection:
         if ended:
             self._remote_end(stream)
 
-    def _remote_end(self, stream: H2Stream) -> None:
+    def _remote_end(self, stream: StreamState) -> None:
         stream.remote_ended = True
         if stream.local_ended:
             self._close(stream, RECEIVED_END)
@@ -520,7 +520,7 @@ class H2Connection:
                 return
             if not sid & 1:
                 raise ProtocolError("Invalid stream ID for peer.")
-            stream = H2Stream(sid, self.remote_initial_window, self.local_initial_window)
+            stream = StreamState(sid, self.remote_initial_window, self.local_initial_window)
             self.streams[sid] = stream
             self.highest_inbound = sid
         elif stream.remote_ended:

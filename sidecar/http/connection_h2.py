@@ -34,7 +34,7 @@ from sidecar.codec.http2_events import (DataReceived, PriorityUpdated, RemoteSet
                                         WindowUpdated)
 from sidecar.http.h2_guard import FloodGuard
 from sidecar.http.h2_intake import dispatch, on_data, on_request, on_reset, on_trailers
-from sidecar.http.h2_respond import abandon, on_window_update, wake_window
+from sidecar.http.h2_respond import abandon, on_window_update, wake_blocked
 from sidecar.http.h2_stream import H2Stream
 from sidecar.http.message import BodyReset
 from sidecar.timers import LazyDeadline
@@ -126,9 +126,7 @@ class Http2Connection(asyncio.Protocol):
             elif kind is PriorityUpdated:
                 self.flood_check(self.guard.priority_frame())
             elif kind is RemoteSettingsChanged:
-                # A new initial window may have opened every stream's window.
-                for stream in self.streams.values():
-                    wake_window(stream)
+                wake_blocked(self)       # a new initial window may have opened them all
             # A client's GOAWAY (ConnectionTerminated) changes nothing: its open streams are
             # answered and, as Envoy, the connection is left for the client (or the idle
             # timeout) to close.
@@ -207,7 +205,8 @@ class Http2Connection(asyncio.Protocol):
         self.transport.abort()  # type: ignore[union-attr]
 
     def _protocol_error(self, error: h2.exceptions.ProtocolError) -> None:
-        """The client broke HTTP/2: the codec queued a GOAWAY with the error's code; send it and close."""
+        """The client broke HTTP/2: the codec queued a GOAWAY with the error's code; send it
+        and close."""
         self.stats.downstream_cx_protocol_error += 1
         text = str(error).lower()
         if "preamble" in text:

@@ -7,7 +7,8 @@ and connection windows and for the socket to drain, so a stalled reader stalls t
 upstream read (BodyStream's watermark), never our memory.
 
 Plain functions over the connection's state (connection_h2.Http2Connection, which
-owns the socket, the HTTP/2 protocol state and the streams); compiled, they cost what its methods did.
+owns the socket, the HTTP/2 protocol state and the streams); compiled, they cost what
+its methods did.
 """
 
 from __future__ import annotations
@@ -273,14 +274,19 @@ def on_window_update(conn: Http2Connection, sid: int) -> None:
     if conn.flood_check(conn.guard.window_update_frame()):
         return
     if sid == 0:
-        if conn.window_blocked:
-            blocked, conn.window_blocked = conn.window_blocked, {}
-            for stream in blocked.values():
-                wake_window(stream)
+        wake_blocked(conn)
     else:
         one = conn.window_blocked.pop(sid, None)
         if one is not None:
             wake_window(one)
+
+
+def wake_blocked(conn: Http2Connection) -> None:
+    """Every stream waiting for window: the connection's window (or every stream's) opened."""
+    if conn.window_blocked:
+        blocked, conn.window_blocked = conn.window_blocked, {}
+        for stream in blocked.values():
+            wake_window(stream)
 
 
 def wake_window(stream: H2Stream) -> None:

@@ -190,10 +190,9 @@ class Router:
                 conn.finish_request(trailers or None)
         else:
             conn.send_head(head, request.method, on_head)
+            conn.finish_request()
         if timeout is not None:
             conn.set_deadline(start + timeout)
-        if not http2:
-            conn.finish_request()
         return conn
 
     async def forward(self, request: Request, entry: RouteEntry, action: model.RouteAction) -> Response:

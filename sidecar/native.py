@@ -40,6 +40,8 @@ HOT_PATH = (
     "sidecar.codec.http1_httptools",
     "sidecar.flow_control",
     "sidecar.timers",
+    "sidecar.response_counts",
+    "sidecar.http.dates",
     "sidecar.http.message",
     "sidecar.http.route_table",
     "sidecar.http.request_headers",

@@ -15,6 +15,8 @@ import weakref
 from collections.abc import Callable, Iterator
 from typing import TYPE_CHECKING, Any, ClassVar, TypeVar
 
+from sidecar.response_counts import count_class, count_response
+
 
 class Scope:
     """A named group of counters and gauges, e.g. cluster ``backend``."""
@@ -44,13 +46,10 @@ class Scope:
     def count_class(self, status: int) -> None:
         """One response: <x>_rq_completed and <x>_rq_<N>xx (no class counter outside 1xx-5xx).
 
-        Two list increments: cheaper on the hot path than attributes named at run time.
+        List increments: cheaper on the hot path than attributes named at run time
+        (which calls sidecar.response_counts directly, not this method).
         """
-        responses = self.responses
-        responses[0] += 1
-        cls = status // 100
-        if 0 < cls < 6:
-            responses[cls] += 1
+        count_class(self.responses, status)
 
     @property
     def dotted_base(self) -> str:
@@ -259,8 +258,7 @@ class ClusterStats(Scope):
 
     def count_response(self, status: int) -> None:
         """The response returned for one upstream request (not each retried attempt)."""
-        self.count_class(status)
-        self.codes[status] = self.codes.get(status, 0) + 1
+        count_response(self.responses, self.codes, status)
 
 
 class CircuitBreakerStats(Scope):

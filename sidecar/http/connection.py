@@ -27,6 +27,7 @@ from sidecar.http.message import BodyReset, BodyStream, DurationReached, Request
 from sidecar.http.request_headers import forwarded_headers
 from sidecar.http.responding import add_date_server, local_response, log_access
 from sidecar.http.upgrade import HeldTunnelBytes, switch_protocols, upgrade_request_fields
+from sidecar.response_counts import count_class
 from sidecar.timers import LazyDeadline
 
 if TYPE_CHECKING:
@@ -287,7 +288,7 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         stats = self.stats
         stats.downstream_rq_active -= 1
         if status:
-            stats.count_class(status)
+            count_class(stats.responses, status)
         if self.ctx.access_logs:
             self._log(request, status, headers)
         self.task = None
@@ -412,7 +413,7 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         """A request refused before it reached the filter chain: reply and close."""
         self.stats.downstream_rq_total += 1
         self.stats.downstream_rq_http1_total += 1
-        self.stats.count_class(status)
+        count_class(self.stats.responses, status)
         reply = LocalReply(status, body.encode(), "", details, close_connection=True)
         self._send_and_close(reply)
 

@@ -24,6 +24,7 @@ from sidecar.http.h2_stream import H2Stream
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyReset, BodyStream, DurationReached, Response
 from sidecar.http.responding import add_date_server, local_response, log_access
+from sidecar.response_counts import count_class
 
 if TYPE_CHECKING:
     from sidecar.http.connection_h2 import Http2Connection
@@ -304,7 +305,7 @@ def finish(conn: Http2Connection, stream: H2Stream, status: int, headers: list[t
     if stream.done:
         return
     closed(conn, stream)
-    conn.stats.count_class(status)
+    count_class(conn.stats.responses, status)
     if conn.ctx.access_logs:
         log_access(conn.ctx, stream.request, status, headers)
     body = stream.body
@@ -346,7 +347,7 @@ def abandon(conn: Http2Connection, stream: H2Stream) -> None:
     status = stream.status
     if status:
         # The response had begun: Envoy counted its class when the headers went out.
-        conn.stats.count_class(status)
+        count_class(conn.stats.responses, status)
     if conn.ctx.access_logs:
         log_access(conn.ctx, stream.request, status, [])
     if not conn.closing:

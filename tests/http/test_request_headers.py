@@ -57,8 +57,22 @@ def test_preserved_request_id_and_skip_xff_append():
 
 
 def test_request_ids_are_distinct_uuid4s():
-    ids = [request_id() for _ in range(1000)]     # crosses the 256-id refill
-    assert len(set(ids)) == 1000
+    ids = [request_id() for _ in range(3000)]     # crosses the 1,024-id refills
+    assert len(set(ids)) == 3000
     for rid in ids:
         parsed = uuid.UUID(rid)
         assert str(parsed) == rid and parsed.version == 4 and parsed.variant == uuid.RFC_4122
+
+
+def test_request_id_digits_are_independent():
+    """Each random digit takes its own nibble: no two positions agree much more often
+    than chance (1 in 16), which a digit wired to the wrong nibble would."""
+    ids = [request_id().replace("-", "") for _ in range(3000)]
+    random_positions = [i for i in range(32) if i not in (12, 16)]   # version, variant
+    for i in random_positions:
+        assert len({rid[i] for rid in ids}) == 16
+        for j in random_positions:
+            if i < j:
+                same = sum(rid[i] == rid[j] for rid in ids)
+                assert same < 3000 * 0.12, (i, j, same)
+    assert {rid[16] for rid in ids} == set("89ab")

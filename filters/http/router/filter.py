@@ -30,6 +30,7 @@ from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyStream, Request, Response
 from sidecar.http.route_table import RouteEntry, route_cluster
+from sidecar.response_counts import count_response
 from sidecar.upstream.http1 import (Http1UpstreamConnection, UpstreamClosed, UpstreamProtocolError,
                                     UpstreamTimeout)
 from sidecar.upstream.http2_headers import request_headers as h2_request_headers
@@ -300,7 +301,7 @@ class Router:
     def respond(self, response: Response, entry: RouteEntry, weighted: model.WeightedClusterEntry | None,
                 stats: Any, start: float) -> Response:
         """Count the upstream's answer, stamp x-envoy-upstream-service-time, mutate headers."""
-        stats.count_response(response.status)
+        count_response(stats.responses, stats.codes, response.status)
         if not self.suppress_envoy_headers and response.upgraded is None:
             response.headers.append(("x-envoy-upstream-service-time",
                                      str(int((self.loop.time() - start) * 1000))))

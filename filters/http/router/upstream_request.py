@@ -11,6 +11,7 @@ from sidecar.codec.http1 import LAST_CHUNK, encode_chunk, encode_last_chunk
 from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyReset, BodyStream, Request
+from sidecar.response_counts import count_response
 from sidecar.upstream.http1 import UpstreamProtocolError, UpstreamTimeout
 from sidecar.upstream.http2_stream import UpstreamRefused, UpstreamReset
 
@@ -99,7 +100,7 @@ def count_reply(stats: Any, reply: LocalReply) -> None:
     """An upstream request that ended in a local reply counts as that status (504: a timeout)."""
     if reply.status == 504 and reply.details == "response_timeout":
         stats.upstream_rq_timeout += 1
-    stats.count_response(reply.status)
+    count_response(stats.responses, stats.codes, reply.status)
 
 
 def reply_for(error: Exception) -> LocalReply:

@@ -79,9 +79,12 @@ class ParseError(Exception):
     ``status`` is the response Envoy gives for it (400, 431, ...) and ``details``
     a short reason (Envoy's response code details, e.g. ``http1.codec_error``).
     After a ParseError the parser is dead: the connection must be closed.
+    ``head`` is the request head it refused, when Envoy's connection manager (not its
+    codec) is the one to refuse it (a missing Host), so the access log can name it.
     """
 
-    def __init__(self, status: int, details: str) -> None:
+    def __init__(self, status: int, details: str, head: RequestHead | None = None) -> None:
         super().__init__(f"{status} {details}")
         self.status = status
         self.details = details
+        self.head = head

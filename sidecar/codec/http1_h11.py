@@ -20,7 +20,7 @@ from sidecar.codec.events import (Body, EndOfMessage, Event, Headers, ParseError
                                   ResponseHead)
 from sidecar.codec.http1 import (
     CODEC_ERROR, HEADERS_TOO_LARGE, INVALID_CHARACTERS, LOW_VERSION, MAX_CONTENT_LENGTH,
-    METHODS, TOO_MANY_HEADERS, bad_response, check_target, connection_tokens,
+    METHODS, MISSING_HOST, TOO_MANY_HEADERS, bad_response, check_target, connection_tokens,
     head_size, keep_alive, request_framing, response_framing)
 
 _OPEN, _IGNORE, _DEAD = 0, 1, 2
@@ -263,7 +263,16 @@ class RequestParser(_Parser):
             # "gzip, chunked" with 501 where Envoy says 400 (http1.request_framing).
             length, chunked, expect = request_framing(self._framing, version == "1.1")
         except ParseError as exc:
-            raise self._fail(exc.status, exc.details) from None
+            error = self._fail(exc.status, exc.details)
+            if exc.details == MISSING_HOST:
+                # h11 refuses a head without Host: read its fields here, for the access
+                # log the connection manager writes (as the httptools adapter's).
+                fields = [line.split(b":", 1) for line in head.split(b"\r\n")[1:] if line]
+                error.head = RequestHead(method, target, version,
+                                         [(n.decode("latin-1").strip().lower(),
+                                           v.decode("latin-1").strip(" \t")) for n, v in fields],
+                                         False, False, None, False, False)
+            raise error from None
         conn = h11.Connection(h11.SERVER, max_incomplete_event_size=self._max_bytes)
         conn.receive_data(head)
         try:

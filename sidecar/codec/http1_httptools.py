@@ -16,8 +16,8 @@ from sidecar.codec.events import (Body, EndOfMessage, Event, Headers, ParseError
                                   ResponseHead)
 from sidecar.codec.http1 import (
     CODEC_ERROR, CONTENT_LENGTH_AND_CHUNKED, HEADERS_TOO_LARGE, INVALID_CHARACTERS,
-    INVALID_TRANSFER_ENCODING, LOW_VERSION, METHODS, TOO_MANY_HEADERS, bad_response,
-    check_target, connection_tokens, keep_alive, request_framing, response_framing)
+    INVALID_TRANSFER_ENCODING, LOW_VERSION, METHODS, MISSING_HOST, TOO_MANY_HEADERS,
+    bad_response, check_target, connection_tokens, keep_alive, request_framing, response_framing)
 
 _HttpParserError = httptools.HttpParserError
 _HttpParserUpgrade = httptools.HttpParserUpgrade
@@ -194,6 +194,9 @@ class RequestParser(_Parser):
         try:
             length, chunked, expect = request_framing(headers, version == "1.1")
         except ParseError as exc:
+            if exc.details == MISSING_HOST:     # the connection manager logs the head
+                exc = ParseError(exc.status, exc.details, RequestHead(
+                    method, target, version, headers, False, False, None, False, False))
             raise self._die(exc) from None
         alive = parser.should_keep_alive()
         upgrade = parser.should_upgrade()

@@ -88,10 +88,11 @@ def _header(headers: list[tuple[str, str]], name: str) -> str | None:
 
 def _request_header(request: Request, name: str) -> str | None:
     if name[0] == ":":
+        # (Empty: a request whose head the codec refused, which Envoy logs as "- -".)
         return {":method": request.method, ":path": request.path, ":authority": request.authority,
-                ":scheme": request.scheme}.get(name)
+                ":scheme": request.scheme}.get(name) or None
     if name == "host":
-        return request.authority
+        return request.authority or None
     return _header(request.headers, name)
 
 

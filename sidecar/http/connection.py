@@ -16,8 +16,8 @@ import logging
 from collections import deque
 from typing import TYPE_CHECKING, Any
 
-from sidecar.codec.events import Body, EndOfMessage, ParseError, RequestHead
-from sidecar.codec.http1 import (LAST_CHUNK, MISSING_HOST, REASONS, encode_chunk, encode_last_chunk,
+from sidecar.codec.events import Body, EndOfMessage, Headers, ParseError, RequestHead
+from sidecar.codec.http1 import (LAST_CHUNK, LOW_VERSION, REASONS, encode_chunk, encode_last_chunk,
                                  serialize_response_head)
 from sidecar.http import local_reply
 from sidecar.flow_control import WriteFlowControl
@@ -61,6 +61,9 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         self.remote_ip = ""
         self.idle = LazyDeadline(ctx.loop, self._idle_timeout)
         self.requests = 0
+        # The codec's answer (flag DPE) to bytes it refused while a request was being
+        # answered: sent once that request is over (see _protocol_error).
+        self.codec_error: LocalReply | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------
 
@@ -85,7 +88,7 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         try:
             events = self.parser.feed(data)
         except ParseError as e:
-            self._protocol_error(e.status, e.details)
+            self._protocol_error(e)
             return
         for event in events:
             kind = type(event)
@@ -135,7 +138,8 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
                                                head.expect_continue)
         if head.version != "1.1":
             if not cfg.accept_http_10:
-                self._protocol_error(426, "http1.http_10_not_allowed")
+                # Envoy's codec refuses it before the head is decoded: logged as "- -".
+                self._protocol_error(ParseError(426, LOW_VERSION))
                 return
             if not authority:
                 authority = cfg.default_host_for_http_10
@@ -182,6 +186,11 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         info.downstream_local_address = self.local
         self.queue.append(request)
         if len(self.queue) > 1:
+            if self.codec_error is not None:
+                # Read in the same feed as a refused HTTP/1.0 head before it: Envoy's
+                # codec reads nothing after its error.
+                self.queue.pop()
+                return
             # Pipelined: hold the next requests (and their bodies) at the socket.
             self._pause_reading()
         else:
@@ -194,6 +203,11 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
 
     def _resume_reading(self) -> None:
         if self.reading_paused and not self.closing and len(self.queue) <= 1:
+            if self.codec_error is not None:
+                # (Reading stays paused from the codec error on: only the error path gets here.)
+                if not self.queue:
+                    self._answer_unparsed(self.codec_error)
+                return
             self.reading_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
 
@@ -260,7 +274,10 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
                 log.exception("bug: unhandled error answering %s %s", request.method, request.path)
                 response = self._local_response(request, LocalReply(500, b"", "", "internal_error"))
         except asyncio.CancelledError:
-            self._abandoned(request)
+            if self.codec_error is not None and not self.closing:
+                self._answer_codec_error(request, self.codec_error)
+            else:
+                self._abandoned(request)
             raise
         await self._send(request, response)
 
@@ -306,6 +323,10 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
 
     def _abandoned(self, request: Request) -> None:
         """The client went away before its response was written (flag DC)."""
+        if self.codec_error is not None and self.transport is not None:
+            # The request's body broke the codec after its response began: nothing
+            # more can be said on this connection.
+            self.transport.abort()
         request.info.set_flag("DC")
         request.info.response_code_details = "downstream_remote_disconnect"
         self.stats.downstream_rq_rx_reset += 1
@@ -409,19 +430,20 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
 
     # --- errors, idle, close -------------------------------------------------------
 
-    def _reject(self, status: int, body: str, details: str) -> None:
-        """A request refused before it reached the filter chain: reply and close."""
+    def _reject(self, status: int, body: str, details: str) -> Headers:
+        """A request refused before it reached the filter chain: reply and close; the
+        reply's headers, for the access log."""
         self.stats.downstream_rq_total += 1
         self.stats.downstream_rq_http1_total += 1
         count_class(self.stats.responses, status)
         reply = LocalReply(status, body.encode(), "", details, close_connection=True)
-        self._send_and_close(reply)
+        return self._send_and_close(reply)
 
     def refuse(self, head: RequestHead, authority: str, target: str, status: int,
                 details: str) -> None:
         """_reject a request whose head was read, logging it as Envoy does (public:
         sidecar.http.upgrade refuses upgrades through it)."""
-        self._reject(status, "", details)
+        headers = self._reject(status, "", details)
         if self.ctx.access_logs:
             request = Request(head.method, target, authority, "http", head.headers, None,
                               head.version)
@@ -430,31 +452,86 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
             info.response_code_details = details
             info.downstream_remote_address = self.peer
             info.downstream_local_address = self.local
-            self._log(request, status, [])
+            self._log(request, status, headers)
 
-    def _protocol_error(self, status: int, details: str) -> None:
-        self.stats.downstream_cx_protocol_error += 1
-        if status == 431:
-            self.stats.downstream_rq_too_large += 1
-        # Envoy's codec errors carry the reason phrase as a text/plain body; a missing
-        # Host is the connection manager's reject there, with an empty body.
-        body = "" if details == MISSING_HOST else REASONS.get(status, "")
-        self._reject(status, body, details)
+    def _protocol_error(self, error: ParseError) -> None:
+        """The codec refused what the client sent.  As Envoy's codec errors: the reply is
+        ``error.status`` with its reason phrase as a text/plain body, then the connection
+        closes; the request it hit is logged with flag DPE and counted (downstream_rq_total,
+        the status class, downstream_cx_protocol_error, downstream_rq_rx_reset).  Bytes
+        before any request head are logged as a request with no headers ("- -")."""
+        if self.codec_error is not None:
+            return          # the dead parser saying it again: already being answered
+        if error.head is not None:
+            # A missing Host: the parser could not go on, but Envoy's connection manager
+            # refuses it (no DPE, no protocol error) with the head logged.
+            head = error.head
+            self.refuse(head, "", head.target, error.status, error.details)
+            return
+        stats = self.stats
+        stats.downstream_cx_protocol_error += 1
+        stats.downstream_rq_rx_reset += 1       # Envoy resets the stream after the reply
+        reply = LocalReply(error.status, REASONS.get(error.status, "").encode(), "DPE",
+                           error.details, close_connection=True)
+        if not self.queue:
+            self._answer_unparsed(reply)
+            return
+        self.codec_error = reply
+        if self.parsing is None:
+            # A later, pipelined message: Envoy answers the requests before it first.
+            # Reading stays paused; _resume_reading sends the reply once they are done.
+            self._pause_reading()
+            return
+        # The body of the request being answered broke off: its filter chain stops, and
+        # _respond answers the request with the reply (or, its response already begun,
+        # the connection is dropped).
+        self.parsing.reset(BodyReset("downstream protocol error"))
+        self.parsing = None
+        if self.task is not None:
+            self.task.cancel()
+        else:
+            self.transport.abort()  # type: ignore[union-attr]
 
-    def _send_and_close(self, reply: LocalReply) -> None:
+    def _answer_unparsed(self, reply: LocalReply) -> None:
+        """Answer bytes that never made a request head (a codec error), and log them as a
+        request without headers, as Envoy does."""
+        headers = self._reject(reply.status, reply.body.decode("latin-1"), reply.details)
+        if self.ctx.access_logs:
+            # Envoy's stream has the codec's protocol (HTTP/1.1 until a head was decoded).
+            request = Request("", "", "", "", [], None)
+            info = request.info
+            info.start_time = self.ctx.loop.time()
+            info.set_flag(reply.flag)
+            info.response_code_details = reply.details
+            info.bytes_sent = len(reply.body)
+            info.downstream_remote_address = self.peer
+            info.downstream_local_address = self.local
+            self._log(request, reply.status, headers)
+
+    def _answer_codec_error(self, request: Request, reply: LocalReply) -> None:
+        """The request's own body broke the codec before its response began: answer it
+        with the codec's reply, flag DPE, and close (Envoy's sendLocalReply on the stream)."""
+        response = self._local_response(request, reply)
+        self._write_whole(request, response, self._frame(request, response))
+        self.finish(request, response.status, response.headers, False)
+
+    def _send_and_close(self, reply: LocalReply) -> Headers:
         self.closing = True
         if self.queue:
             # A response is already in progress: we can't answer out of order.
             self.transport.abort()  # type: ignore[union-attr]
-            return
+            return []
         response = local_reply.build_response(reply)
         headers = response.headers
         headers.append(("content-length", str(len(reply.body))))
         headers.append(("date", http_date()))
         headers.append(("server", self.ctx.config.server_name))
         headers.append(("connection", "close"))
-        self.transport.write(serialize_response_head(reply.status, headers) + reply.body)  # type: ignore[union-attr]
+        data = serialize_response_head(reply.status, headers) + reply.body
+        self.stats.downstream_cx_tx_bytes_total += len(data)
+        self.transport.write(data)  # type: ignore[union-attr]
         self.transport.close()  # type: ignore[union-attr]
+        return headers
 
     def _reset_mid_body(self) -> None:
         """The proxy reset the stream after the response head went out (max_stream_duration):

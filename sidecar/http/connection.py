@@ -299,12 +299,13 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         self.finish(request, response.status, response.headers, keep_open)
 
     def finish(self, request: Request, status: int, headers: list[tuple[str, str]],
-                keep_open: bool) -> None:
+                keep_open: bool, counted: bool = False) -> None:
         """The current request is over: count and log it, then serve the next or close
-        (public: an upgraded request's tunnel, in sidecar.http.upgrade, ends through it)."""
+        (public: an upgraded request's tunnel, in sidecar.http.upgrade, ends through it,
+        ``counted``: its 101 was counted when written)."""
         stats = self.stats
         stats.downstream_rq_active -= 1
-        if status:
+        if status and not counted:
             count_class(stats.responses, status)
         if self.ctx.access_logs:
             self._log(request, status, headers)

@@ -214,9 +214,10 @@ class Response:
         # Called once the response has been fully written downstream (or failed):
         # the upstream connection goes back to its pool only then.
         self.on_complete: Callable[[bool], None] | None = None
-        # A 101 to an upgrade request: (the upstream connection, the bytes it sent after
-        # the head); the connection manager turns the two connections into a tunnel.
-        self.upgraded: tuple[Any, bytes] | None = None
+        # A 101 to an upgrade request: a sidecar.http.upgrade.Switched (the upstream
+        # connection, the bytes it sent after the head); the connection manager turns
+        # the two connections into a tunnel, or closes both after a 101 that makes none.
+        self.upgraded: Any = None
 
 
 class StreamInfo:

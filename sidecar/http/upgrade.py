@@ -9,6 +9,19 @@ upgraded HTTP/1 connection: a FIN from either side closes both) or when it has
 been idle for the connection manager's stream_idle_timeout.  Any other answer is
 an ordinary response, after which the connection closes.
 
+A 101 makes a tunnel only when its own fields say so, as Envoy's codec decides
+(Utility::isUpgrade: an Upgrade field and "upgrade" among the Connection
+options).  Any other 101 is a final response without a body: it goes to the
+client with Connection: close, the bytes the client sent after its head (its
+request's body, to Envoy) go upstream, the upstream's bytes after the head are
+dropped, and both connections close.
+
+While a tunnel lives, its request is still active, as Envoy's stream is:
+downstream_rq_active, the cluster's upstream_rq_active and the host's active
+requests (LEAST_REQUEST, the max_requests circuit breaker) count it until it
+closes.  The response class (downstream_rq_1xx, downstream_rq_completed) is
+counted at the 101, as Envoy counts it at the response head.
+
 The tunnel takes the two transports over with ``transport.set_protocol``, so
 the HTTP/1 connection manager's hot path pays nothing for it.  For the same
 reason the two steps live here as functions of the HttpConnection rather than
@@ -23,14 +36,15 @@ from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from config import model
-from sidecar.codec.events import Headers, RequestHead
-from sidecar.codec.http1 import serialize_response_head
+from sidecar.codec.events import Headers, RequestHead, ResponseHead
+from sidecar.codec.http1 import connection_tokens, serialize_response_head
+from sidecar.http.message import Response
 from sidecar.http.responding import add_date_server
 from sidecar.timers import LazyDeadline
 
 if TYPE_CHECKING:
     from sidecar.http.connection import HttpConnection
-    from sidecar.http.message import Request, Response
+    from sidecar.http.message import Request
 
 
 def upgrade_allowed(configs: tuple[tuple[str, bool], ...], action: Any, kind: str) -> bool:
@@ -72,32 +86,122 @@ def upgrade_request_fields(conn: HttpConnection, head: RequestHead, authority: s
         # llhttp hands the body's bytes over as the tunnel's; neither reading is safe.
         conn.refuse(head, authority, target, 400, "upgrade_with_body")
         return None
+    # Envoy counts the upgrade once its route allows it, whatever the upstream answers.
+    conn.stats.downstream_cx_upgrades_total += 1
     return upgrade_headers(head.headers)
 
 
+def completes_upgrade(headers: Headers) -> bool:
+    """Envoy's Utility::isUpgrade on a 101: an Upgrade field and the "upgrade" option."""
+    return (any(name == "upgrade" for name, _ in headers)
+            and "upgrade" in connection_tokens(headers))
+
+
+class Switched:
+    """What the router hands the connection manager with a 101 (``Response.upgraded``).
+
+    ``upstream``: the Http1UpstreamConnection, out of its pool for good;
+    ``from_upstream``: the bytes that came after the 101's head;  ``tunnel``: whether
+    the 101 makes one;  ``release``: gives back the tunnel's upstream request's place in
+    upstream_rq_active and the host's active requests.
+    """
+
+    __slots__ = ("upstream", "from_upstream", "tunnel", "release")
+
+    def __init__(self, upstream: Any, from_upstream: bytes,
+                 release: Callable[[], None] | None) -> None:
+        self.upstream = upstream
+        self.from_upstream = from_upstream
+        self.tunnel = release is not None
+        self.release = release
+
+    def done(self) -> None:
+        """The upstream request is over (the tunnel closed, or never opened)."""
+        release, self.release = self.release, None
+        if release is not None:
+            release()
+
+
+def switched_response(request: Request, head: ResponseHead, from_upstream: bytes, conn: Any,
+                      host: Any, strip: frozenset[str] | set[str]) -> Response:
+    """The router's Response for a 101 to an upgrade request (``strip``: the response
+    fields the router drops; a tunnel's 101 keeps its Upgrade and Connection)."""
+    request.info.response_code_details = "via_upstream"
+    if not completes_upgrade(head.headers):
+        # An ordinary response to Envoy: Upgrade and Connection are hop-by-hop fields
+        # again, and what the upstream sent after the head is not read.
+        response = Response(101, [h for h in head.headers if h[0] not in strip], b"")
+        response.upgraded = Switched(conn, b"", None)
+        return response
+    headers = [h for h in head.headers
+               if h[0] not in strip or h[0] == "upgrade" or h[0] == "connection"]
+    # The upstream request lives on as the tunnel (Envoy's UpstreamRequest does): the
+    # router lets go of the attempt's count when it returns, so hold one more here.
+    stats = conn.pool.stats
+    stats.upstream_rq_active += 1
+    host.active_requests += 1
+
+    def release() -> None:
+        stats.upstream_rq_active -= 1
+        host.active_requests -= 1
+
+    response = Response(101, headers, b"")
+    response.upgraded = Switched(conn, from_upstream, release)
+    return response
+
+
 def switch_protocols(conn: HttpConnection, request: Request, response: Response) -> None:
-    """The upstream said 101: write it, then splice the two connections."""
-    upstream, from_upstream = response.upgraded  # type: ignore[misc]
+    """The upstream said 101: write it, then splice the two connections (or, for a 101
+    that makes no tunnel, answer with it and close)."""
+    switched: Switched = response.upgraded  # type: ignore[assignment]
+    upstream = switched.upstream
     if conn.closing:
         upstream.abort()
+        switched.done()
+        return
+    if not switched.tunnel:
+        refuse_tunnel(conn, request, response, upstream)
         return
     add_date_server(response.headers, conn.ctx.config)
     head = serialize_response_head(101, response.headers)
     conn.transport.write(head)  # type: ignore[union-attr]
     stats = conn.stats
     stats.downstream_cx_tx_bytes_total += len(head)
-    stats.downstream_cx_upgrades_total += 1
+    stats.count_class(101)      # at the head, as Envoy: the tunnel's end counts no class
     stats.downstream_cx_upgrades_active += 1
 
     def ended(flag: str) -> None:
         stats.downstream_cx_upgrades_active -= 1
+        switched.done()
         request.info.set_flag(flag)
-        conn.finish(request, 101, response.headers, False)
+        conn.finish(request, 101, response.headers, False, True)
 
     held = conn.parser.take()
     tunnel = Tunnel(conn, upstream, request.info, stats, upstream.pool.stats,
                     conn.ctx.config.stream_idle_timeout, ended)
-    tunnel.start(held, from_upstream)
+    tunnel.start(held, switched.from_upstream)
+
+
+def refuse_tunnel(conn: HttpConnection, request: Request, response: Response,
+                  upstream: Any) -> None:
+    """A 101 without the fields of an upgrade, as Envoy 1.40: the 101 (Date, Server,
+    Connection: close) is the request's answer and the client's connection closes after
+    it; the bytes the client sent after its head, which Envoy reads as the request's
+    body, go upstream before that connection closes too."""
+    headers = response.headers
+    add_date_server(headers, conn.ctx.config)
+    headers.append(("connection", "close"))
+    head = serialize_response_head(101, headers)
+    conn.transport.write(head)  # type: ignore[union-attr]
+    conn.stats.downstream_cx_tx_bytes_total += len(head)
+    held = conn.parser.take()
+    transport = upstream.transport
+    if transport is not None and not transport.is_closing():
+        if held:
+            transport.write(held)
+            upstream.pool.stats.upstream_cx_tx_bytes_total += len(held)
+        transport.close()       # after writing what it holds
+    conn.finish(request, 101, headers, False)
 
 
 class HeldTunnelBytes:
@@ -195,8 +299,10 @@ class Tunnel:
         self.http.transport.set_protocol(self.down)
         self.upstream.transport.set_protocol(self.up)
         self._touch()
+        # Both were counted as received on arrival: the client's held bytes by the
+        # connection manager, the upstream's (in the read with the 101) by its connection.
         if from_upstream:
-            self.carry(self.up, from_upstream)
+            self.carry(self.up, from_upstream, counted=True)
         if from_client:
             self.carry(self.down, from_client, counted=True)
         self.http.transport.resume_reading()
@@ -204,12 +310,13 @@ class Tunnel:
     def carry(self, source: _End, data: bytes, counted: bool = False) -> None:
         n = len(data)
         if source.downstream:
-            if not counted:         # bytes held before the 101 were counted on arrival
+            if not counted:
                 self.stats.downstream_cx_rx_bytes_total += n
                 self.info.bytes_received += n
             self.cluster_stats.upstream_cx_tx_bytes_total += n
         else:
-            self.cluster_stats.upstream_cx_rx_bytes_total += n
+            if not counted:
+                self.cluster_stats.upstream_cx_rx_bytes_total += n
             self.stats.downstream_cx_tx_bytes_total += n
             self.info.bytes_sent += n
         self._touch()

@@ -5,7 +5,9 @@ proxy; scripted raw-socket upstreams pin down the edges Envoy 1.40 was measured
 on: bytes sent before the 101 are held, a FIN from either side closes both
 (flags DC / UC), an idle tunnel ends at stream_idle_timeout (SI), the route
 timeout covers only the wait for the 101, a refused upgrade is a 403, an
-answer other than 101 is a plain response after which the connection closes.
+answer other than 101 is a plain response after which the connection closes,
+a 101 without the fields of an upgrade is one too (no tunnel), and a tunnel
+stays an active request (stats, max_requests) until it closes.
 """
 
 from __future__ import annotations
@@ -36,7 +38,8 @@ SWITCH = b"HTTP/1.1 101 Switching Protocols\r\nUpgrade: websocket\r\nConnection:
 LOG_LINE = re.compile(r'^\[\S+\] "(\S+) (\S+) \S+" (\d+) (\S+) (\d+) (\d+) ')
 
 
-def config(port: int, log_path: str, **hcm: Any) -> dict[str, Any]:
+def config(port: int, log_path: str, cluster: dict[str, Any] | None = None,
+           **hcm: Any) -> dict[str, Any]:
     routes = [
         {"match": {"prefix": "/off"},
          "route": {"cluster": "up", "upgrade_configs": [{"upgrade_type": "websocket",
@@ -49,13 +52,13 @@ def config(port: int, log_path: str, **hcm: Any) -> dict[str, Any]:
             "name": "envoy.access_loggers.file", "typed_config": {
                 "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
                 "path": log_path}}], **hcm)],
-        [static_cluster("up", port)])
+        [static_cluster("up", port, **(cluster or {}))])
 
 
 def start_proxy(kind: str, port: int, tmp_path: Path, log_name: str = "access",
-                **hcm: Any) -> tuple[ProxyProcess, Path]:
+                cluster: dict[str, Any] | None = None, **hcm: Any) -> tuple[ProxyProcess, Path]:
     log_path = tmp_path / f"{kind}.{log_name}.log"
-    return ProxyProcess(config(port, str(log_path), **hcm), kind=kind,
+    return ProxyProcess(config(port, str(log_path), cluster, **hcm), kind=kind,
                         extra_args=["--file-flush-interval-msec", "50"]), log_path
 
 
@@ -169,6 +172,111 @@ def test_tunnel_both_ways_client_closes(kind: str, tmp_path: Path) -> None:
     assert lines == [("GET", "/ws", "101", "DC", "9", "24")]
     assert stats["http.web.downstream_cx_upgrades_total"] == 1
     assert stats["http.web.downstream_cx_upgrades_active"] == 0
+
+
+# The stats an upgraded request moves: (name, during the tunnel, after it closed).
+TUNNEL_STATS = [
+    ("cluster.up.upstream_rq_total", 1, 1),
+    ("cluster.up.upstream_rq_active", 1, 0),
+    ("cluster.up.upstream_rq_101", 1, 1),
+    ("cluster.up.upstream_rq_1xx", 1, 1),
+    ("cluster.up.upstream_rq_completed", 1, 1),
+    ("http.web.downstream_rq_total", 1, 1),
+    ("http.web.downstream_rq_active", 1, 0),
+    ("http.web.downstream_rq_1xx", 1, 1),
+    ("http.web.downstream_rq_completed", 1, 1),
+    ("http.web.downstream_cx_upgrades_total", 1, 1),
+    ("http.web.downstream_cx_upgrades_active", 1, 0),
+]
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tunnel_is_an_active_request_until_it_closes(kind: str, tmp_path: Path) -> None:
+    """As Envoy 1.40: the response class counts at the 101, the request stays active
+    (downstream and upstream) while the tunnel lives, and is over once it closes; the
+    upstream's bytes that came with the 101 are counted once."""
+    with ScriptedUpstream(early_then_echo) as up:
+        proxy, _ = start_proxy(kind, up.port, tmp_path)
+        with proxy:
+            with socket.create_connection(("127.0.0.1", proxy.ports["web"])) as c:
+                c.sendall(UPGRADE_HEAD.replace(b"{path}", b"/ws"))
+                recv_until(c, b"hello")
+                c.sendall(b"ping")
+                recv_until(c, b"echo:ping")
+                during = proxy.stats()
+                c.shutdown(socket.SHUT_WR)
+                recv_all(c)
+            assert up.done.wait(5)
+            deadline = time.monotonic() + 5
+            after = proxy.stats()
+            while after.get("cluster.up.upstream_rq_active") and time.monotonic() < deadline:
+                time.sleep(0.05)
+                after = proxy.stats()
+    assert [(name, during.get(name, 0), after.get(name, 0)) for name, _, _ in TUNNEL_STATS] \
+        == TUNNEL_STATS
+    assert after["cluster.up.upstream_cx_rx_bytes_total"] == len(SWITCH + b"hello" + b"echo:ping")
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_tunnel_holds_its_place_in_max_requests(kind: str, tmp_path: Path) -> None:
+    """The tunnel's upstream request counts against the max_requests circuit breaker."""
+    breaker = {"circuit_breakers": {"thresholds": [{"max_requests": 1}]}}
+    with ScriptedUpstream(early_then_echo) as up:
+        proxy, _ = start_proxy(kind, up.port, tmp_path, cluster=breaker)
+        with proxy:
+            port = proxy.ports["web"]
+            with socket.create_connection(("127.0.0.1", port)) as c:
+                c.sendall(UPGRADE_HEAD.replace(b"{path}", b"/ws"))
+                recv_until(c, b"hello")
+                with socket.create_connection(("127.0.0.1", port)) as other:
+                    other.sendall(b"GET /x HTTP/1.1\r\nHost: a\r\nConnection: close\r\n\r\n")
+                    refused = recv_all(other)
+                stats = proxy.stats()
+    assert refused.startswith(b"HTTP/1.1 503 ") and b"x-envoy-overloaded: true" in refused
+    assert stats["cluster.up.upstream_rq_active_overflow"] == 1
+    assert stats["cluster.up.circuit_breakers.default.rq_open"] == 1
+
+
+def switch_without_upgrade(fields: bytes) -> Any:
+    """A 101 whose fields do not make it an upgrade, with bytes after it in the same write."""
+
+    def script(conn: socket.socket, after_head: bytes, record: dict[str, Any]) -> None:
+        time.sleep(0.3)             # the client's early bytes are held meanwhile
+        conn.sendall(b"HTTP/1.1 101 Switching Protocols\r\n" + fields + b"\r\nafter")
+        conn.settimeout(5)
+        record["got"] = after_head + recv_all(conn)     # until the proxy closes
+    return script
+
+
+@pytest.mark.parametrize("fields", [b"Connection: upgrade\r\n", b"Upgrade: websocket\r\n"],
+                         ids=["no-upgrade-field", "no-connection-upgrade"])
+@pytest.mark.parametrize("kind", KINDS)
+def test_101_that_makes_no_upgrade_is_a_final_answer(kind: str, fields: bytes,
+                                                     tmp_path: Path) -> None:
+    """As Envoy 1.40: a 101 without both an Upgrade field and Connection: upgrade makes no
+    tunnel.  It is the request's answer (Upgrade/Connection dropped, Connection: close),
+    the client's bytes after its head go upstream (Envoy's request body), the upstream's
+    bytes after the 101 are dropped, and both connections close."""
+    with ScriptedUpstream(switch_without_upgrade(fields)) as up:
+        proxy, log_path = start_proxy(kind, up.port, tmp_path)
+        with proxy:
+            with socket.create_connection(("127.0.0.1", proxy.ports["web"])) as c:
+                c.sendall(UPGRADE_HEAD.replace(b"{path}", b"/ws") + b"early")
+                answer = recv_all(c)
+            assert up.done.wait(5)
+            lines = log_lines(log_path, 1)
+            stats = proxy.stats()
+    head, _, rest = answer.partition(b"\r\n\r\n")
+    status, _, fields_out = head.partition(b"\r\n")
+    assert status == b"HTTP/1.1 101 Switching Protocols"
+    assert [f.split(b":")[0] for f in fields_out.split(b"\r\n")] == [b"date", b"server",
+                                                                    b"connection"]
+    assert fields_out.endswith(b"connection: close") and rest == b""
+    assert up.record["got"] == b"early"
+    assert lines == [("GET", "/ws", "101", "-", "5", "0")]
+    assert [(name, stats.get(name, 0)) for name, _, _ in TUNNEL_STATS] == [
+        (name, 0 if name.endswith("upgrades_active") else after)
+        for name, _, after in TUNNEL_STATS]
 
 
 def upstream_closes(conn: socket.socket, after_head: bytes, record: dict[str, Any]) -> None:

@@ -30,6 +30,7 @@ from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyStream, Request, Response
 from sidecar.http.route_table import RouteEntry, route_cluster
+from sidecar.http.upgrade import switched_response
 from sidecar.response_counts import count_response
 from sidecar.upstream.http1 import (Http1UpstreamConnection, UpstreamClosed, UpstreamProtocolError,
                                     UpstreamTimeout)
@@ -155,7 +156,7 @@ class Router:
                 if type(outcome) is tuple:
                     head = outcome[0]
                     host_responded(host, head.status, head.headers)
-                    response = self.downstream_response(request, head, outcome[1], conn)
+                    response = self.downstream_response(request, head, outcome[1], conn, host)
                     answer(self.respond(response, entry, weighted, stats, start))
                     return
                 was_refused = type(outcome) is UpstreamRefused
@@ -404,7 +405,7 @@ class Router:
                 # Downstream gone or its body broke off: the exchange can't finish.
                 conn.abort()
                 raise
-            return self.downstream_response(request, response_head, response_body, conn)
+            return self.downstream_response(request, response_head, response_body, conn, host)
         raise AssertionError("unreachable")
 
     async def exchange_h2(self, request: Request, host: Any, headers: list[tuple[str, str]],
@@ -449,7 +450,7 @@ class Router:
                 raise
             if not sent.finished:
                 sent.replayable = False     # the rest of the body is still going up this stream
-            return self.downstream_response(request, response_head, response_body, stream)
+            return self.downstream_response(request, response_head, response_body, stream, host)
         raise AssertionError("unreachable")
 
     async def stream_body(self, body: BodyStream, conn: Http1UpstreamConnection, chunked: bool,
@@ -470,9 +471,9 @@ class Router:
         sent.finished = True
 
     def downstream_response(self, request: Request, head: ResponseHead, body: bytes | BodyStream,
-                            conn: Any) -> Response:
+                            conn: Any, host: Any) -> Response:
         if head.status == 101:
-            return self.switching_protocols(request, head, body, conn)
+            return self.switching_protocols(request, head, body, conn, host)
         strip = self.strip_response
         headers = [h for h in head.headers if h[0] not in strip]
         request.info.response_code_details = "via_upstream"
@@ -494,19 +495,14 @@ class Router:
                         chunked=head.chunked and bool(body))
 
     def switching_protocols(self, request: Request, head: ResponseHead, body: Any,
-                            conn: Any) -> Response:
+                            conn: Any, host: Any) -> Response:
         """A 101: for an upgrade request, the response that hands the connection over
-        (``body``: the bytes after the head); for any other, the upstream broke HTTP."""
+        (``body``: the bytes after the head; sidecar.http.upgrade decides whether it
+        makes a tunnel); for any other, the upstream broke HTTP."""
         if request.upgrade is None or type(body) is not bytes:
             conn.abort()
             raise reply_for(UpstreamProtocolError("101 to a request without Upgrade"))
-        request.info.response_code_details = "via_upstream"
-        strip = self.strip_response
-        headers = [h for h in head.headers
-                   if h[0] not in strip or h[0] == "upgrade" or h[0] == "connection"]
-        response = Response(101, headers, b"")
-        response.upgraded = (conn, body)
-        return response
+        return switched_response(request, head, body, conn, host, self.strip_response)
 
     def finish(self, response: Response, entry: RouteEntry,
                weighted: model.WeightedClusterEntry | None) -> Response:

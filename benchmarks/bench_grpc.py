@@ -26,9 +26,9 @@ import grpc
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
-from bench_h2 import print_ratios, rotated  # noqa: E402
+from bench_h2 import print_ratios  # noqa: E402
 from bench_http1 import (REPO, Skip, cpu_seconds, find_envoy, free_envoy_base_id,  # noqa: E402
-                         free_ports, http_get, machine, median, stop)
+                         free_ports, http_get, machine, median, rotated, stop)
 
 METHOD = "/bench.Echo/Unary"
 

@@ -26,7 +26,7 @@ from pathlib import Path
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_http1 import (Skip, cpu_seconds, find_envoy, machine, median,  # noqa: E402
-                         start_proxy, start_upstream, stop)
+                         rotated, start_proxy, start_upstream, stop)
 
 
 def run_h2load(port: int, requests: int, conns: int, streams: int, pid: int | None,
@@ -45,13 +45,6 @@ def run_h2load(port: int, requests: int, conns: int, streams: int, pid: int | No
     succeeded = int(ok.group(1))
     cpu = (after - before) * 1e6 / succeeded if pid and succeeded else None
     return float(rps.group(1)), succeeded, cpu
-
-
-def rotated(names: list[str], round_: int) -> list[str]:
-    """The proxies in a different order each round: whichever runs first in a round reads
-    up to ~15% more CPU per request on this VM, so no proxy may always go first."""
-    k = round_ % len(names) if names else 0
-    return names[k:] + names[:k]
 
 
 def print_ratios(cpu: dict[str, list[float | None]]) -> None:

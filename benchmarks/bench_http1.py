@@ -18,11 +18,15 @@ What it does:
    upstream and checks one request through it. A proxy that does not come up
    is skipped with a message, the others still run;
 4. for each round, for each scenario (http / tcp_proxy x -c50 / -c1), runs
-   wrk -t1 against direct, bare (http only), sidecar, envoy in turn
-   (interleaved, so machine noise hits all of them alike), and reads the
-   proxy's utime and stime from /proc/PID/stat before and after each wrk run;
+   wrk -t1 against direct, then bare (http only), sidecar, envoy in turn, in an
+   order that rotates round by round (interleaved, so machine noise hits all
+   of them alike, and none always runs first), and reads the proxy's utime and
+   stime from /proc/PID/stat before and after each wrk run. ``--baseline DIR``
+   adds the sidecar of another checkout (an earlier commit, built) to the same
+   rounds;
 5. prints medians over the rounds as markdown tables, ready to paste into
-   benchmarks/RESULTS.md: one row per target, then sidecar / envoy ratios.
+   benchmarks/RESULTS.md: one row per target, then sidecar / envoy ratios,
+   then each sidecar's ratio round by round.
 
 "direct" is wrk straight to the upstream: the ceiling for req/s and the floor
 for latency. "bare" is the least a Python (uvloop + httptools) proxy can do: it
@@ -68,6 +72,7 @@ UPSTREAM_SCRIPT = REPO / "benchmarks" / "upstream.py"
 BARE_SCRIPT = REPO / "benchmarks" / "bare_proxy.py"
 CLK_TCK = os.sysconf("SC_CLK_TCK")
 TARGETS = ("direct", "bare", "sidecar", "envoy")
+BASELINE = "sidecar (baseline)"   # --baseline: another checkout's sidecar, same rounds
 MODES = ("http", "tcp", "filters")
 DEFAULT_MODES = ("http", "tcp")
 MODE_TITLE = {
@@ -550,6 +555,13 @@ def fmt_ratio(x: float | None) -> str:
     return "—" if x is None or x != x else f"{x:.2f}x"
 
 
+def rotated(names: list[str], round_: int) -> list[str]:
+    """The proxies in a different order each round: whichever runs first in a round reads
+    up to ~15% more CPU per request on this VM, so no proxy may always go first."""
+    k = round_ % len(names) if names else 0
+    return names[k:] + names[:k]
+
+
 def cpu_median(samples: list[Sample] | None, which: str = "cpu") -> float | None:
     """Median over the rounds of one CPU figure: "cpu" (user + sys), "user" or "sys".
 
@@ -562,6 +574,24 @@ def cpu_median(samples: list[Sample] | None, which: str = "cpu") -> float | None
 
 def over(a: float | None, b: float | None) -> float | None:
     return a / b if a is not None and b else None
+
+
+def round_ratios(results: dict[tuple[str, int, str], list[Sample]],
+                 args: argparse.Namespace) -> list[str]:
+    """Each sidecar's CPU per request over Envoy's round by round, and their median: the
+    VM's speed drifts between rounds, while within a round the targets run back to back."""
+    lines = ["", "CPU per request over Envoy's, per round (median first):", ""]
+    for mode in args.modes:
+        for conns in args.connections:
+            envoy = results.get((mode, conns, "envoy")) or []
+            for name in ("sidecar", BASELINE):
+                ratios = [s.cpu_us_per_req / e.cpu_us_per_req
+                          for s, e in zip(results.get((mode, conns, name)) or [], envoy)
+                          if s.cpu_us_per_req and e.cpu_us_per_req]
+                if ratios:
+                    lines.append(f"- {mode} c{conns} {name}: {median(ratios):.2f}x"
+                                 f" (rounds: {', '.join(f'{r:.2f}' for r in ratios)})")
+    return lines if len(lines) > 3 else []
 
 
 def report(results: dict[tuple[str, int, str], list[Sample]], args: argparse.Namespace,
@@ -586,7 +616,7 @@ def report(results: dict[tuple[str, int, str], list[Sample]], args: argparse.Nam
     ]
     for mode in args.modes:
         for conns in args.connections:
-            for target in TARGETS:
+            for target in (*TARGETS, BASELINE):
                 key = ("direct", conns, target) if target == "direct" else (mode, conns, target)
                 samples = results.get(key)
                 if not samples:
@@ -624,6 +654,7 @@ def report(results: dict[tuple[str, int, str], list[Sample]], args: argparse.Nam
             cells += [over(median([s.rps for s in sc]), median([s.rps for s in en])),
                       over(cpu_median(sc, "sys"), envoy_cpu), over(cpu_median(bare), envoy_cpu)]
             lines.append(f"| {mode} | {conns} | " + " | ".join(map(fmt_ratio, cells)) + " |")
+    lines += round_ratios(results, args)
     if "filters" in args.modes and "http" in args.modes:
         lines += ["", "filters / http, the same proxy (the cost of the filter chain; issue 4's "
                   "target: sidecar <= 1.25x):", "", "| target | conns | CPU per request |",
@@ -665,6 +696,9 @@ def parse_args(argv: list[str] | None) -> argparse.Namespace:
                    help="comma-separated: direct,bare,sidecar,envoy (default all; bare: http mode only)")
     p.add_argument("--warmup", type=int, default=1, help="seconds of wrk per target before round 1 (0: none)")
     p.add_argument("--envoy", help="envoy binary (default: next to this python, then PATH)")
+    p.add_argument("--baseline", type=Path,
+                   help="another checkout (e.g. a git worktree of an earlier commit, built) whose"
+                        " sidecar is measured too, in the same rounds (http and tcp modes)")
     p.add_argument("--out", type=Path, help="keep configs and logs here (default: a temp dir, removed)")
     args = p.parse_args(argv)
     if args.duration < 1 or args.warmup < 0:
@@ -699,11 +733,12 @@ def main(argv: list[str] | None = None) -> int:
         upstream = start_upstream(out)
         procs.append(upstream)
         proxies: dict[str, Proc] = {}
-        for name in ("bare", "sidecar", "envoy"):
-            if name not in args.targets or (name == "bare" and "http" not in args.modes):
+        names = ["bare", "sidecar", "envoy"] + ([BASELINE] if args.baseline else [])
+        for name in names:
+            if name not in args.targets + [BASELINE] or (name == "bare" and "http" not in args.modes):
                 continue
             prefix: list[str] = []  # bare: start_bare builds its own command line
-            if name == "sidecar":
+            if name in ("sidecar", BASELINE):
                 prefix = [sys.executable, "-m", "sidecar"]
             elif name == "envoy":
                 envoy = find_envoy(args.envoy)
@@ -716,6 +751,9 @@ def main(argv: list[str] | None = None) -> int:
             try:
                 if name == "bare":
                     proxies[name] = start_bare(upstream.ports["http"], out)
+                elif name == BASELINE:
+                    proxies[name] = start_proxy("baseline", prefix, upstream.ports["http"], out,
+                                                cwd=args.baseline.resolve())
                 else:
                     proxies[name] = start_proxy(name, prefix, upstream.ports["http"], out)
                 procs.append(proxies[name])
@@ -726,19 +764,23 @@ def main(argv: list[str] | None = None) -> int:
                 print(f"SKIP {name}: {e}\n  command: {(out / f'{name}.cmd').read_text().strip()}\n"
                       f"  last log lines:\n{tail(out / f'{name}.log')}", file=sys.stderr)
 
-        # One round, in order: for each -c value, direct then every proxy in
-        # every mode, so consecutive runs of the targets see the same machine
-        # state. direct does not depend on the mode: measured once. bare only
-        # has an http listener: it is in the http mode only.
+        # One round: for each -c value, direct then every proxy in every mode, so
+        # consecutive runs of the targets see the same machine state; the proxies'
+        # order rotates round by round. direct does not depend on the mode: measured
+        # once. bare only has an http listener: it is in the http mode only.
         # Entries: (mode, conns, target, port, pid whose CPU counts or None).
-        plan: list[tuple[str, int, str, int, int | None]] = []
-        for conns in args.connections:
-            if "direct" in args.targets:
-                plan.append(("direct", conns, "direct", upstream.ports["http"], None))
-            for mode in args.modes:
-                for name, p in proxies.items():
-                    if mode in p.ports:
-                        plan.append((mode, conns, name, p.ports[mode], p.popen.pid))
+        def plan_of(round_: int) -> list[tuple[str, int, str, int, int | None]]:
+            plan: list[tuple[str, int, str, int, int | None]] = []
+            for conns in args.connections:
+                if "direct" in args.targets:
+                    plan.append(("direct", conns, "direct", upstream.ports["http"], None))
+                for mode in args.modes:
+                    for name in rotated(list(proxies), round_):
+                        p = proxies[name]
+                        if mode in p.ports:
+                            plan.append((mode, conns, name, p.ports[mode], p.popen.pid))
+            return plan
+        plan = plan_of(0)
 
         if args.warmup > 0:
             for mode, conns, target, port, pid in plan:
@@ -749,7 +791,7 @@ def main(argv: list[str] | None = None) -> int:
         total = len(plan) * args.rounds
         n = 0
         for r in range(args.rounds):
-            for mode, conns, target, port, pid in plan:
+            for mode, conns, target, port, pid in plan_of(r):
                 n += 1
                 for p in procs:
                     if p.popen.poll() is not None:

@@ -104,10 +104,11 @@ class EchoService:
 
 
 class GrpcServer:
-    """``with GrpcServer() as s``: the echo service on 127.0.0.1:``s.port``."""
+    """``with GrpcServer() as s``: the echo service on 127.0.0.1:``s.port`` (``service``: an
+    EchoService of the test's own, e.g. one that records what it got)."""
 
-    def __init__(self, workers: int = 64) -> None:
-        self.service = EchoService()
+    def __init__(self, workers: int = 64, service: EchoService | None = None) -> None:
+        self.service = service or EchoService()
         self.server = grpc.server(futures.ThreadPoolExecutor(max_workers=workers), options=[
             ("grpc.max_receive_message_length", MAX_MESSAGE),
             ("grpc.max_send_message_length", MAX_MESSAGE),

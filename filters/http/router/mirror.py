@@ -8,10 +8,22 @@ async client stamps); it goes to a host of the shadow cluster in a task of
 its own, bounded by the route timeout, and its response is read and
 discarded.  The main request never waits for it.
 
+The shadow speaks the shadow cluster's upstream protocol, which need not be the
+main cluster's: an HTTP/2 header list, DATA and trailers on a stream of its HTTP/2
+pool for a cluster configured for HTTP/2 (a gRPC call mirrored to another gRPC
+cluster), else an HTTP/1.1 head and body on a connection of its HTTP/1 pool.  A
+cluster that follows the downstream protocol (use_downstream_protocol_config) gets
+HTTP/1.1 whatever the client spoke, as in Envoy: its shadows go through the
+internal async client, whose stream says HTTP/1.1.  Either way the same
+accounting: the shadow cluster's request stats, its circuit breakers, the host's
+outlier detector.
+
 A bodyless request is shadowed at once.  A request with a body is shadowed
 once the main exchange is over, with the body the router held for resending
 (up to the replay or retry buffer limit); a body larger than that is not
-mirrored (Envoy streams it: see docs/compatibility.md).
+mirrored (Envoy streams it: see docs/compatibility.md).  The held body is in
+the main upstream's framing (HTTP/1 chunks, or bare for HTTP/2): each shadow
+gets it re-framed for its own upstream.
 """
 
 from __future__ import annotations
@@ -24,12 +36,13 @@ from typing import TYPE_CHECKING, Any
 from config import model
 from filters.http.router.upstream_request import (SentBody, count_reply, host_failed,
                                                   host_responded, reply_for)
-from sidecar.codec.http1 import serialize_request_head
+from sidecar.codec.http1 import encode_chunk, encode_last_chunk, serialize_request_head
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import Request
 from sidecar.http.route_table import RouteEntry
 from sidecar.upstream.http1 import UpstreamClosed, UpstreamProtocolError, UpstreamTimeout
-from sidecar.upstream.pool_dual import DualPool, upstream_http2
+from sidecar.upstream.http2_headers import request_headers as h2_request_headers
+from sidecar.upstream.pool_dual import DualPool
 
 if TYPE_CHECKING:
     from filters.http.router.filter import Router
@@ -38,8 +51,38 @@ log = logging.getLogger(__name__)
 
 SHADOW_FORWARDED_FOR = "192.0.2.2"
 
-# (cluster runtime, serialized head) of each shadow waiting for the request body
-Pending = list[tuple[Any, bytes]]
+Headers = list[tuple[str, str]]
+
+
+class Shadow:
+    """One shadow copy of a request: its cluster and its head, serialized for an HTTP/1.1
+    upstream (bytes) or as an HTTP/2 header list with the pseudo-headers (``http2``)."""
+
+    __slots__ = ("cluster", "method", "head", "http2")
+
+    def __init__(self, cluster: Any, method: str, head: bytes | Headers, http2: bool) -> None:
+        self.cluster = cluster
+        self.method = method
+        self.head = head
+        self.http2 = http2
+
+    def send(self, conn: Any, body: bytes | None, trailers: Headers | None) -> Any:
+        """Write the whole request on ``conn`` (an HTTP/1 connection or an HTTP/2 stream);
+        returns the waiter for the response head.  ``body`` is in this shadow's framing."""
+        if self.http2:
+            waiter = conn.send_head(self.head, end_stream=body is None)
+            if body is not None:
+                conn.write(body)        # queued within the stream's flow-control windows
+                conn.finish_request(trailers or None)
+            return waiter
+        assert type(self.head) is bytes
+        waiter = conn.send_head(self.head + body if body else self.head, self.method)
+        conn.finish_request()
+        return waiter
+
+
+# Shadows waiting for the request body
+Pending = list[Shadow]
 
 
 def shadow_authority(authority: str) -> str:
@@ -51,7 +94,7 @@ def shadow_authority(authority: str) -> str:
     return f"{host}-shadow{port}"
 
 
-def shadow_headers(headers: list[tuple[str, str]]) -> list[tuple[str, str]]:
+def shadow_headers(headers: Headers) -> Headers:
     """The main request's upstream headers plus what Envoy's shadow adds."""
     out = []
     forwarded = False
@@ -85,44 +128,75 @@ def start_shadows(router: Router, request: Request, entry: RouteEntry, action: m
         cluster = router.clusters.get(name) if name else None
         if cluster is None:
             continue        # Envoy: an unknown cluster (from the header) is not mirrored
-        if upstream_http2(cluster.config, request):
-            log.debug("shadow cluster %s speaks HTTP/2: not mirrored yet", cluster.name)
-            continue
         path, authority, headers = router.upstream_parts(
             request, list(request.headers), entry, action, weighted, host, action.timeout)
         if not policy.disable_shadow_host_suffix_append:
             authority = shadow_authority(authority)
-        head = serialize_request_head(request.method, path,
-                                      [("host", authority), *shadow_headers(headers)])
-        if request.body is None:
-            launch(router, cluster, request.method, head, action.timeout)
+        headers = shadow_headers(headers)
+        shadow: Shadow
+        if cluster.config.http2:        # (not the main request's upstream_http2: see above)
+            shadow = Shadow(cluster, request.method, h2_request_headers(
+                request.method, path, authority, request.scheme, headers), True)
         else:
-            pending.append((cluster, head))
+            shadow = Shadow(cluster, request.method, serialize_request_head(
+                request.method, path, [("host", authority), *headers]), False)
+        if request.body is None:
+            launch(router, shadow, None, None, action.timeout)
+        else:
+            pending.append(shadow)
     return pending
 
 
 def finish_shadows(router: Router, request: Request, action: model.RouteAction,
                    pending: Pending, sent: SentBody) -> None:
     """The main exchange is over: shadow a request with a body if the body was held whole."""
-    if not (sent.finished and sent.replayable) or (request.chunked and not sent.framed):
+    if not (sent.finished and sent.replayable):
         log.debug("request body of %s %s not held whole: not mirrored", request.method, request.path)
         return
-    body = b"".join(sent.pieces)
-    for cluster, head in pending:
-        launch(router, cluster, request.method, head + body, action.timeout)
+    held = b"".join(sent.pieces)
+    trailers = request.body.trailers if request.body is not None else None
+    # The held body in each upstream's framing, made once: HTTP/2 takes the bare data
+    # (trailers apart), HTTP/1.1 the chunks with the trailers when the request is
+    # chunked (the shadow's head says so, as the main request's does).
+    if request.chunked and sent.framed:
+        bare, http1 = unchunk(held), held
+    else:
+        bare = held
+        http1 = (encode_chunk(held) + encode_last_chunk(trailers)) if request.chunked else held
+    for shadow in pending:
+        launch(router, shadow, bare if shadow.http2 else http1, trailers, action.timeout)
 
 
-def launch(router: Router, cluster: Any, method: str, data: bytes, timeout: float | None) -> None:
+def unchunk(data: bytes) -> bytes:
+    """The data of HTTP/1.1 chunks (RFC 9112 7.1) the router framed itself (well formed):
+    up to the last chunk, whose trailers the request body keeps too."""
+    out: list[bytes] = []
+    pos = 0
+    while True:
+        eol = data.index(b"\r\n", pos)
+        size = int(data[pos:eol].partition(b";")[0], 16)
+        if size == 0:
+            return b"".join(out)
+        start = eol + 2
+        out.append(data[start:start + size])
+        pos = start + size + 2
+
+
+def launch(router: Router, shadow: Shadow, body: bytes | None, trailers: Headers | None,
+           timeout: float | None) -> None:
     loop = router.loop
     deadline = None if timeout is None else loop.time() + timeout
-    task = loop.create_task(shadow_exchange(cluster, method, data, deadline))
+    task = loop.create_task(shadow_exchange(shadow, body, trailers, deadline))
     router.shadows.add(task)
     task.add_done_callback(router.shadows.discard)
 
 
-async def shadow_exchange(cluster: Any, method: str, data: bytes, deadline: float | None) -> None:
-    """One shadow request on the shadow cluster's pool; the response is read and dropped.
-    Counted in the shadow cluster's stats and reported to its host's outlier detector."""
+async def shadow_exchange(shadow: Shadow, body: bytes | None, trailers: Headers | None,
+                          deadline: float | None) -> None:
+    """One shadow request on the shadow cluster's pool for its protocol; the response is
+    read and dropped.  Counted in the shadow cluster's stats and reported to its host's
+    outlier detector, whichever the protocol."""
+    cluster = shadow.cluster
     stats = cluster.stats
     if stats.upstream_rq_active >= cluster.max_requests:
         stats.upstream_rq_active_overflow += 1
@@ -138,18 +212,19 @@ async def shadow_exchange(cluster: Any, method: str, data: bytes, deadline: floa
     try:
         pool = host.pool
         if type(pool) is DualPool:
-            pool = pool.http1()     # shadows go over HTTP/1 only (start_shadows)
+            pool = pool.http1()     # a shadow's "downstream" is HTTP/1.1 (see above)
         conn = pool.take_idle()
         if conn is None:
             conn = await pool.acquire(deadline)
-        waiter = conn.send_head(data, method)
+        waiter = shadow.send(conn, body, trailers)
         assert waiter is not None
         if deadline is not None:
             conn.set_deadline(deadline)
-        conn.finish_request()
-        head, body = await waiter
-        if type(body) is not bytes:
-            async for _ in body:     # drained, so the connection goes back to the pool
+        head, response_body = await waiter
+        if type(response_body) is not bytes:
+            # Drained, so the HTTP/1 connection goes back to the pool, the HTTP/2 stream
+            # ends (and frees its slot) and its DATA is acknowledged.
+            async for _ in response_body:
                 pass
         host_responded(host, head.status, head.headers)
         stats.count_response(head.status)
@@ -158,6 +233,7 @@ async def shadow_exchange(cluster: Any, method: str, data: bytes, deadline: floa
             host_failed(host, reply)
         count_reply(stats, reply)
     except (UpstreamClosed, UpstreamTimeout, UpstreamProtocolError) as error:
+        # (UpstreamClosed covers an HTTP/2 stream's reset and refusal too)
         failure = reply_for(error)
         host_failed(host, failure)
         count_reply(stats, failure)

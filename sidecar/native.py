@@ -75,6 +75,7 @@ HOT_PATH = (
     "config.model",
     "filters.http.router.headers",
     "filters.http.router.upstream_request",
+    "filters.http.router.exchange",
     "filters.http.router.filter",
 )
 

@@ -5,6 +5,7 @@ request/response header work: header mutations at every level, rewrites,
 x-envoy-expected-rq-timeout-ms, x-envoy-upstream-service-time.  This is the
 hot path: one pass over the headers each way, no per-request timer objects
 beyond one TimerHandle, no body stream when the whole response came in one read.
+The coroutine path's exchange on a connection or stream is in exchange.py.
 """
 
 from __future__ import annotations
@@ -16,6 +17,7 @@ from typing import Any
 
 from config import model
 from filters.api import FilterContext
+from filters.http.router.exchange import exchange
 from filters.http.router.factory import RouterConfig
 from filters.http.router.hash_policy import compute_hash
 from filters.http.router.headers import apply_mutations, redirect_location, rewrite_path
@@ -23,17 +25,16 @@ from filters.http.router.mirror import finish_shadows, start_shadows
 from filters.http.router.retrying import forward_retrying
 from filters.http.router.stream_duration import within_duration
 from filters.http.router.upstream_request import (REPLAY_LIMIT, SentBody, count_reply, held_body,
-                                                  host_failed, host_responded, reply_for, upload_h2)
+                                                  host_failed, host_responded, reply_for)
 from sidecar.codec.events import ResponseHead
-from sidecar.codec.http1 import LAST_CHUNK, encode_chunk, encode_last_chunk, serialize_request_head
+from sidecar.codec.http1 import serialize_request_head
 from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyStream, Request, Response
 from sidecar.http.route_table import RouteEntry, route_cluster
 from sidecar.http.upgrade import switched_response
 from sidecar.response_counts import count_response
-from sidecar.upstream.http1 import (Http1UpstreamConnection, UpstreamClosed, UpstreamProtocolError,
-                                    UpstreamTimeout)
+from sidecar.upstream.http1 import UpstreamClosed, UpstreamProtocolError
 from sidecar.upstream.http2_headers import request_headers as h2_request_headers
 from sidecar.upstream.http2_stream import UpstreamRefused
 from sidecar.upstream.lb import HASHING_POLICIES
@@ -263,7 +264,7 @@ class Router:
         timeout = action.timeout
         head = self.upstream_head(request, entry, action, weighted, host, timeout)
         try:
-            response = await self.exchange(request, host, head,
+            response = await exchange(self, request, host, head,
                                            None if timeout is None else start + timeout, sent,
                                            not request.refused)
         except LocalReply as reply:
@@ -360,115 +361,6 @@ class Router:
         else:
             headers.append(("content-length", str(request.content_length)))
         return path, authority, headers
-
-    async def exchange(self, request: Request, host: Any, head: bytes | list[tuple[str, str]],
-                       deadline: float | None, sent: SentBody, race_replay: bool = True) -> Response:
-        """Send the request on a pooled connection; return the response head with its body.
-
-        ``sent`` holds the request body read so far (``held_body``), and keeps what
-        is streamed while it fits its limit.  A reused connection that the upstream
-        had already closed (no response byte received) is retried once on a fresh
-        connection, when everything sent so far is still held: the classic
-        keep-alive race behind "503 UC" (not when ``race_replay`` is off: a retry
-        policy that retries resets handles it, as in Envoy).
-        """
-        if type(head) is list:
-            return await self.exchange_h2(request, host, head, deadline, sent, race_replay)
-        assert type(head) is bytes
-        body = request.body
-        chunked = request.chunked
-        pool = host.pool
-        if type(pool) is DualPool:
-            pool = pool.http1()
-        for attempt in (1, 2):
-            conn = pool.take_idle()
-            reused = conn is not None
-            if conn is None:
-                conn = await pool.acquire(deadline)
-            waiter = conn.send_head(sent.data(head), request.method)
-            assert waiter is not None
-            if deadline is not None:
-                conn.set_deadline(deadline)
-            try:
-                if not sent.finished:
-                    await self.stream_body(body, conn, chunked, sent)  # type: ignore[arg-type]
-                conn.finish_request()
-                response_head, response_body = await waiter
-            except UpstreamClosed as closed:
-                if (reused and sent.replayable and attempt == 1 and not closed.received_any
-                        and race_replay):
-                    continue
-                raise reply_for(closed) from None
-            except (UpstreamTimeout, UpstreamProtocolError) as e:
-                raise reply_for(e) from None
-            except BaseException:
-                # Downstream gone or its body broke off: the exchange can't finish.
-                conn.abort()
-                raise
-            return self.downstream_response(request, response_head, response_body, conn, host)
-        raise AssertionError("unreachable")
-
-    async def exchange_h2(self, request: Request, host: Any, headers: list[tuple[str, str]],
-                          deadline: float | None, sent: SentBody, refused_replay: bool) -> Response:
-        """``exchange`` on an HTTP/2 host: a stream of its pool.
-
-        A request body still arriving is sent by a task of its own while the response
-        comes back (gRPC bidirectional calls interleave); a response head that comes
-        first makes the request not replayable.  A stream the upstream did not process
-        (REFUSED_STREAM, or above a GOAWAY's last stream id) is sent once more when
-        everything sent so far is still held, as the HTTP/1 keep-alive race is (not when
-        ``refused_replay`` is off: a retry policy that retries resets handles it).
-        """
-        body = request.body
-        pool = host.pool
-        if type(pool) is DualPool:
-            pool = pool.http2()
-        for attempt in (1, 2):
-            stream = pool.take_idle() or await pool.acquire(deadline)
-            waiter = stream.send_head(headers, end_stream=body is None)
-            if deadline is not None:
-                stream.set_deadline(deadline)
-            try:
-                if body is not None:
-                    stream.write(sent.data(b""))
-                    if sent.finished:
-                        stream.finish_request(body.trailers or None)
-                    else:
-                        stream.uploader = asyncio.ensure_future(upload_h2(body, stream, sent))
-                response_head, response_body = await waiter
-            except UpstreamRefused as refused:
-                stream.stop_upload()
-                if sent.replayable and attempt == 1 and refused_replay:
-                    continue
-                raise reply_for(refused) from None
-            except (UpstreamClosed, UpstreamTimeout, UpstreamProtocolError) as e:
-                stream.stop_upload()
-                raise reply_for(e) from None
-            except BaseException:
-                stream.stop_upload()
-                stream.abort()
-                raise
-            if not sent.finished:
-                sent.replayable = False     # the rest of the body is still going up this stream
-            return self.downstream_response(request, response_head, response_body, stream, host)
-        raise AssertionError("unreachable")
-
-    async def stream_body(self, body: BodyStream, conn: Http1UpstreamConnection, chunked: bool,
-                          sent: SentBody) -> None:
-        """Copy the request body upstream chunk by chunk, waiting while the socket is backed up."""
-        async for chunk in body:
-            piece = encode_chunk(chunk) if chunked else chunk
-            sent.add(piece)
-            conn.write(piece)
-            if conn.write_paused and not conn.closed:
-                await conn.wait_writable()
-            if conn.closed:
-                return      # timed out or reset: the head waiter says which
-        if chunked:
-            piece = encode_last_chunk(body.trailers) if body.trailers else LAST_CHUNK
-            sent.add(piece)
-            conn.write(piece)
-        sent.finished = True
 
     def downstream_response(self, request: Request, head: ResponseHead, body: bytes | BodyStream,
                             conn: Any, host: Any) -> Response:

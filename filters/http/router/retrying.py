@@ -8,6 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from config import model
 from filters.http.router import retry
+from filters.http.router.exchange import exchange
 from filters.http.router.upstream_request import SentBody, count_reply, host_failed, host_responded
 from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
@@ -78,8 +79,8 @@ async def forward_retrying(router: Router, request: Request, entry: RouteEntry, 
             failure: LocalReply | None = None
             kind = ""
             try:
-                response = await router.exchange(request, host, head, try_deadline, sent,
-                                               race_replay)
+                response = await exchange(router, request, host, head, try_deadline, sent,
+                                          race_replay)
             except LocalReply as reply:
                 failure = reply
                 if reply.flag == "UT":

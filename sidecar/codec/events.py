@@ -81,10 +81,20 @@ class ParseError(Exception):
     After a ParseError the parser is dead: the connection must be closed.
     ``head`` is the request head it refused, when Envoy's connection manager (not its
     codec) is the one to refuse it (a missing Host), so the access log can name it.
+    ``events`` (request parsers) are what the same feed() parsed before the error:
+    the client's earlier requests, or the head and body of the request it broke, to be
+    handled before the error (a dead parser raising it again carries none).
     """
 
-    def __init__(self, status: int, details: str, head: RequestHead | None = None) -> None:
+    def __init__(self, status: int, details: str, head: RequestHead | None = None,
+                 events: list[Event] | None = None) -> None:
         super().__init__(f"{status} {details}")
         self.status = status
         self.details = details
         self.head = head
+        self.events: list[Event] = events if events is not None else []
+
+    def with_events(self, events: list[Event]) -> ParseError:
+        """This error, carrying the events parsed before it (a copy: the parser keeps
+        the event-free original to raise again)."""
+        return ParseError(self.status, self.details, self.head, events)

@@ -161,12 +161,12 @@ class _Parser:
             # uint64 (17 digits of value -> 400).  h11 keeps the rest of the chunk in
             # its private reader; the reference adapter may look.
             left = getattr(getattr(conn, "_reader", None), "_bytes_in_chunk", 0)
-            if type(event) is h11.Data:
-                if event.chunk_start:
-                    left += len(event.data)
-                events.append(Body(bytes(event.data)))
+            if type(event) is h11.Data and event.chunk_start:
+                left += len(event.data)
             if left > MAX_CONTENT_LENGTH:
-                raise self._fail()
+                raise self._fail()      # before its data: llhttp stops at the size line
+            if type(event) is h11.Data:
+                events.append(Body(bytes(event.data)))
             if type(event) is h11.EndOfMessage:
                 trailers = None
                 if event.headers:
@@ -201,9 +201,9 @@ class _Parser:
                 values[i] = next(raw)
                 headers[i] = (name, values[i])
 
-    def _pump(self) -> list[Event]:
-        """Parse what is buffered: a head at a time ourselves, then h11 for the body."""
-        events: list[Event] = []
+    def _pump(self, events: list[Event]) -> list[Event]:
+        """Parse what is buffered into events: a head at a time ourselves, then h11 for
+        the body.  (The caller's list: on a ParseError it holds what parsed before.)"""
         while self._open():
             if self._conn is None:
                 head = self._take_head()
@@ -235,7 +235,8 @@ class _Parser:
 
 
 class RequestParser(_Parser):
-    """Server side: bytes from a downstream client -> RequestHead, Body*, EndOfMessage."""
+    """Server side: bytes from a downstream client -> RequestHead, Body*, EndOfMessage;
+    a ParseError carries the events its feed() parsed before it."""
 
     def __init__(self, max_header_bytes: int = 60 * 1024, max_headers: int = 100) -> None:
         super().__init__(max_header_bytes, max_headers)
@@ -247,7 +248,13 @@ class RequestParser(_Parser):
                 return []
             raise self._error  # type: ignore[misc]
         self._buf += data
-        return self._pump()
+        events: list[Event] = []
+        try:
+            return self._pump(events)
+        except ParseError as exc:
+            if events:
+                raise exc.with_events(events) from None   # as the httptools adapter
+            raise
 
     def _begin(self, head: bytes, events: list[Event]) -> None:
         method_b, target_b, version_b = self._start.split(b" ")
@@ -348,7 +355,7 @@ class ResponseParser(_Parser):
                 return []
             raise self._error or self._fail()   # bytes with no request outstanding
         self._buf += data
-        return self._pump()
+        return self._pump([])
 
     def feed_eof(self) -> list[Event]:
         if self._state == _IGNORE or self._done:

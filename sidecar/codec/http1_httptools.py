@@ -112,9 +112,10 @@ class RequestParser(_Parser):
     """Server side: bytes from a downstream client -> RequestHead, Body*, EndOfMessage.
 
     feed() returns the events of every (pipelined) request the bytes complete, the
-    body as it arrives.  ParseError(status, details) is raised with Envoy's answer;
-    events of that same feed() are lost and the parser stays dead.  After an
-    Upgrade, CONNECT or Connection: close request, later bytes are ignored.
+    body as it arrives.  ParseError(status, details) is raised with Envoy's answer,
+    carrying the events that same feed() parsed before the error (``events``); the
+    parser stays dead.  After an Upgrade, CONNECT or Connection: close request, later
+    bytes are ignored.
     """
 
     __slots__ = ("_parser", "_url", "_in_message", "_special", "_has_body")
@@ -145,7 +146,12 @@ class RequestParser(_Parser):
             self._tunnel = data[exc.args[0]:]
         except _HttpParserError as exc:
             if self._state != _IGNORE:
-                raise self._die(self._error or _request_error(exc)) from None
+                error = self._die(self._error or _request_error(exc))
+                if events:
+                    # What parsed before the error goes with it: handled first (Envoy
+                    # answers a good request before the bad bytes after it).
+                    raise error.with_events(events) from None
+                raise error from None
         if self._in_message:
             # llhttp has no size limits.  Bytes that produced no event while a message
             # is open are head, chunk-size lines or trailers: bound them, or a client

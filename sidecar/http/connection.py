@@ -64,6 +64,10 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         # The codec's answer (flag DPE) to bytes it refused while a request was being
         # answered: sent once that request is over (see _protocol_error).
         self.codec_error: LocalReply | None = None
+        # A request the codec refused (its body broke in the read that brought its head,
+        # or it has no Host) and the error, held while requests before it are answered
+        # (see _parse_error).
+        self.held: tuple[RequestHead, ParseError] | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------
 
@@ -88,8 +92,11 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         try:
             events = self.parser.feed(data)
         except ParseError as e:
-            self._protocol_error(e)
+            self._parse_error(e)
             return
+        self._dispatch(events)
+
+    def _dispatch(self, events: list[Any]) -> None:
         for event in events:
             kind = type(event)
             if kind is Body:
@@ -203,10 +210,14 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
 
     def _resume_reading(self) -> None:
         if self.reading_paused and not self.closing and len(self.queue) <= 1:
-            if self.codec_error is not None:
+            if self.codec_error is not None or self.held is not None:
                 # (Reading stays paused from the codec error on: only the error path gets here.)
                 if not self.queue:
-                    self._answer_unparsed(self.codec_error)
+                    if self.codec_error is not None:
+                        self._answer_unparsed(self.codec_error)
+                    else:
+                        # Not now: finish(), our caller, goes on to the queue.
+                        self.ctx.loop.call_soon(self._take_up_held)
                 return
             self.reading_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
@@ -465,9 +476,9 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
             return          # the dead parser saying it again: already being answered
         if error.head is not None:
             # A missing Host: the parser could not go on, but Envoy's connection manager
-            # refuses it (no DPE, no protocol error) with the head logged.
-            head = error.head
-            self.refuse(head, "", head.target, error.status, error.details)
+            # refuses it (no DPE, no protocol error) with the head logged, after the
+            # requests before it.
+            self._hold(error.head, error)
             return
         stats = self.stats
         stats.downstream_cx_protocol_error += 1
@@ -492,6 +503,61 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
             self.task.cancel()
         else:
             self.transport.abort()  # type: ignore[union-attr]
+
+    def _parse_error(self, error: ParseError) -> None:
+        """The codec refused bytes of this read.  What it parsed before them
+        (``error.events``) is handled first, as Envoy's codec, which dispatches one request
+        at a time, does: earlier requests are answered, then the error is.  A request whose
+        body the error broke begins (its filter chain and router start, as Envoy's
+        decodeHeaders) once the requests before it are answered, and is then answered
+        by _protocol_error like one whose bad chunk came in a later read."""
+        events = error.events
+        end = len(events)
+        # Envoy holds a read's body until the read has parsed cleanly (or the message has
+        # ended): body bytes of the failing read after the last complete message are
+        # neither forwarded nor counted.
+        while end and type(events[end - 1]) is Body:
+            end -= 1
+        head = events[end - 1] if end else None
+        if type(head) is not RequestHead:
+            # Nothing, or complete requests: _protocol_error defers its reply after them.
+            self._dispatch(events[:end])
+            if not self.closing:
+                self._protocol_error(error)
+            return
+        self._dispatch(events[:end - 1])
+        if self.closing:
+            return
+        self._hold(head, error)
+
+    def _hold(self, head: RequestHead, error: ParseError) -> None:
+        """Take up a request the codec refused once the requests before it are answered
+        (Envoy's codec reads a pipelined request only then)."""
+        self.held = (head, error)
+        if self.queue:
+            self._pause_reading()       # _resume_reading takes it up once they are answered
+        else:
+            self._take_up_held()
+
+    def _take_up_held(self) -> None:
+        """Refuse the held request without a Host; or begin the one whose body broke the
+        codec and, once its task has taken its first step, answer it with the error."""
+        if self.held is None or self.closing:
+            return
+        head, error = self.held
+        self.held = None
+        if error.head is not None:
+            self.refuse(head, "", head.target, error.status, error.details)
+            return
+        self._on_head(head)
+        if not self.closing:
+            # call_soon runs after the task _start created: a task cancelled before its
+            # first step would never answer.
+            self.ctx.loop.call_soon(self._late_protocol_error, error)
+
+    def _late_protocol_error(self, error: ParseError) -> None:
+        if not self.closing:
+            self._protocol_error(error)
 
     def _answer_unparsed(self, reply: LocalReply) -> None:
         """Answer bytes that never made a request head (a codec error), and log them as a

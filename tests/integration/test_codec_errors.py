@@ -2,7 +2,9 @@
 stats: as Envoy 1.40, each is logged with flag DPE, its code and details, and counted once in
 downstream_rq_total, its status class and downstream_cx_protocol_error.  Bytes that never made
 a request head log as a request without headers ("- -"); a request whose body breaks the
-codec logs as itself.  The last test runs the same bytes through the real Envoy."""
+codec logs as itself.  Bytes the codec refuses in the same read as requests before them wait
+for those to be answered, as in separate reads.  The last test runs the same bytes through the
+real Envoy."""
 
 from __future__ import annotations
 
@@ -46,13 +48,27 @@ CASES: dict[str, bytes | list[bytes]] = {
                    b"zz\r\n"],
     # A pipelined request after one still being answered: that one is answered first.
     "pipelined": [b"GET /slow HTTP/1.1\r\nHost: a\r\n\r\n", b"BLAH\r\n\r\n"],
+    # The same shapes in one write: what parsed before the error is handled first.
+    "pipelined_one_read": b"GET /slow?1 HTTP/1.1\r\nHost: a\r\n\r\nBLAH\r\n\r\n",
+    "chunk_size_one_read": (b"POST /c1 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked\r\n\r\n"
+                            b"3\r\nabc\r\nzz\r\n"),
+    # The request whose body breaks waits for the one before it, then begins.
+    "pipelined_chunk_one_read": (b"GET /slow?2 HTTP/1.1\r\nHost: a\r\n\r\n"
+                                 b"POST /c2 HTTP/1.1\r\nHost: a\r\nTransfer-Encoding: chunked"
+                                 b"\r\n\r\n3\r\nabc\r\nzz\r\n"),
+    # Refused by the connection manager, after the request before it.
+    "pipelined_no_host_one_read": (b"GET /slow?3 HTTP/1.1\r\nHost: a\r\n\r\n"
+                                   b"GET /nh2 HTTP/1.1\r\n\r\n"),
 }
+# Cases that log two lines (a good request, then the refused one).
+TWO_LINES = ("pipelined", "pipelined_one_read", "pipelined_chunk_one_read",
+             "pipelined_no_host_one_read")
 
 NO_HEAD = ("-", "-", "-", "HTTP/1.1", "0")      # method, path, authority, protocol, rx
 
 
 def upstream_handler(r: Received) -> Reply:
-    if r.target == "/slow":
+    if r.target.startswith("/slow"):
         return Reply(200, body=b"late", delay=0.8)
     return Reply(200, body=b"hi")
 
@@ -87,7 +103,8 @@ def counters(proxy: ProxyProcess) -> dict[str, int]:
 
 
 def run(kind: str, up: Upstream, tmp_path: Path) -> dict[str, tuple]:
-    """Each case on its own connection: (status, log lines, counter deltas) by case name."""
+    """Each case on its own connection: (status, log lines, counter deltas, the targets of the
+    complete requests the upstream received) by case name."""
     log_path = tmp_path / f"{kind}.log"
     out = {}
     with ProxyProcess(config(up.port, log_path), kind=kind,
@@ -96,8 +113,9 @@ def run(kind: str, up: Upstream, tmp_path: Path) -> dict[str, tuple]:
         for name, case in CASES.items():
             before = counters(proxy)
             seen = len(log_path.read_text().splitlines()) if log_path.exists() else 0
+            forwarded = len(up.requests)
             answer = send(port, case)
-            want = 2 if name == "pipelined" else 1
+            want = 2 if name in TWO_LINES else 1
             deadline = time.monotonic() + 5
             while time.monotonic() < deadline:
                 lines = log_path.read_text().splitlines()[seen:] if log_path.exists() else []
@@ -107,7 +125,8 @@ def run(kind: str, up: Upstream, tmp_path: Path) -> dict[str, tuple]:
             after = counters(proxy)
             out[name] = (status_of(answer),
                          [tuple(line.split("|")) for line in lines],
-                         {k: after[k] - before[k] for k in COUNTERS if after[k] != before[k]})
+                         {k: after[k] - before[k] for k in COUNTERS if after[k] != before[k]},
+                         [r.target for r in up.requests[forwarded:]])
     return out
 
 
@@ -149,7 +168,7 @@ REASONS = {400: "Bad Request", 426: "Upgrade Required", 431: "Request Header Fie
 @pytest.mark.parametrize("name", sorted(CODEC_ERRORS))
 def test_codec_error_before_the_head_is_logged_with_dpe(sidecar_run, name):
     status, details, class_counter = CODEC_ERRORS[name]
-    answered, lines, delta = sidecar_run[name]
+    answered, lines, delta, _ = sidecar_run[name]
     assert answered == status
     assert [normalized(line) for line in lines] == [
         (str(status), "DPE", details, *NO_HEAD, str(len(REASONS[status])), "-", "-", "text/plain")]
@@ -159,7 +178,7 @@ def test_codec_error_before_the_head_is_logged_with_dpe(sidecar_run, name):
 
 
 def test_missing_host_is_refused_by_the_connection_manager_not_the_codec(sidecar_run):
-    answered, lines, delta = sidecar_run["missing_host"]
+    answered, lines, delta, _ = sidecar_run["missing_host"]
     assert answered == 400
     assert [normalized(line) for line in lines] == [
         ("400", "-", "missing_host_header", "GET", "/nh", "-", "HTTP/1.1", "0", "0", "-", "-", "-")]
@@ -168,7 +187,7 @@ def test_missing_host_is_refused_by_the_connection_manager_not_the_codec(sidecar
 
 
 def test_body_that_breaks_the_codec_answers_its_request_with_dpe(sidecar_run, upstream):
-    answered, lines, delta = sidecar_run["chunk_size"]
+    answered, lines, delta, _ = sidecar_run["chunk_size"]
     assert answered == 400
     assert [normalized(line) for line in lines] == [
         ("400", "DPE", "http1.codec_error", "POST", "/c", "a", "HTTP/1.1", "3", "11", "set", "r1",
@@ -180,7 +199,7 @@ def test_body_that_breaks_the_codec_answers_its_request_with_dpe(sidecar_run, up
 
 
 def test_pipelined_codec_error_waits_for_the_request_before_it(sidecar_run):
-    answered, lines, delta = sidecar_run["pipelined"]
+    answered, lines, delta, _ = sidecar_run["pipelined"]
     assert answered == 200
     assert [normalized(line) for line in lines] == [
         ("200", "-", "via_upstream", "GET", "/slow", "a", "HTTP/1.1", "0", "4", "set", "r1", "-"),
@@ -195,7 +214,61 @@ def test_pipelined_codec_error_waits_for_the_request_before_it(sidecar_run):
 def test_codec_errors_log_and_count_as_envoy(sidecar_run, upstream, tmp_path):
     envoys = run("envoy", upstream, tmp_path)
     for name in CASES:
-        status, lines, delta = sidecar_run[name]
-        e_status, e_lines, e_delta = envoys[name]
-        assert (status, [normalized(line) for line in lines], delta) == \
-            (e_status, [normalized(line) for line in e_lines], e_delta), name
+        status, lines, delta, forwarded = sidecar_run[name]
+        e_status, e_lines, e_delta, e_forwarded = envoys[name]
+        assert (status, [normalized(line) for line in lines], delta, forwarded) == \
+            (e_status, [normalized(line) for line in e_lines], e_delta, e_forwarded), name
+
+
+SLOW_LINE = ("200", "-", "via_upstream", "GET", "/slow?%d", "a", "HTTP/1.1", "0", "4", "set", "r1",
+             "-")
+TWO_ANSWERED = {"downstream_rq_total": 2, "downstream_rq_http1_total": 2,
+                "downstream_rq_completed": 2, "downstream_rq_2xx": 1, "downstream_rq_4xx": 1}
+
+
+def slow_line(n: int) -> tuple:
+    return tuple(f % n if "%d" in f else f for f in SLOW_LINE)
+
+
+def test_pipelined_codec_error_in_the_same_read_waits_for_the_request_before_it(sidecar_run):
+    answered, lines, delta, forwarded = sidecar_run["pipelined_one_read"]
+    assert answered == 200          # the first response; the 400 follows it
+    assert [normalized(line) for line in lines] == [
+        slow_line(1), ("400", "DPE", "http1.codec_error", *NO_HEAD, "11", "-", "-", "text/plain")]
+    assert delta == {**TWO_ANSWERED, "downstream_cx_protocol_error": 1, "downstream_rq_rx_reset": 1}
+    assert forwarded == ["/slow?1"]
+
+
+def test_bad_chunk_read_with_its_head_answers_its_request_with_dpe(sidecar_run):
+    answered, lines, delta, forwarded = sidecar_run["chunk_size_one_read"]
+    assert answered == 400
+    # As Envoy: the body bytes of the read the codec refused are neither forwarded nor
+    # counted (BYTES_RECEIVED 0), but the request began: routed, an upstream host picked.
+    assert [normalized(line) for line in lines] == [
+        ("400", "DPE", "http1.codec_error", "POST", "/c1", "a", "HTTP/1.1", "0", "11", "set",
+         "r1", "text/plain")]
+    assert delta == {"downstream_rq_total": 1, "downstream_rq_http1_total": 1,
+                     "downstream_rq_completed": 1, "downstream_rq_4xx": 1,
+                     "downstream_cx_protocol_error": 1, "downstream_rq_rx_reset": 1}
+    assert forwarded == []      # (its head may reach an idle pooled connection, as Envoy's)
+
+
+def test_pipelined_request_whose_body_breaks_begins_after_the_one_before_it(sidecar_run):
+    answered, lines, delta, forwarded = sidecar_run["pipelined_chunk_one_read"]
+    assert answered == 200
+    assert [normalized(line) for line in lines] == [
+        slow_line(2),
+        ("400", "DPE", "http1.codec_error", "POST", "/c2", "a", "HTTP/1.1", "0", "11", "set", "r1",
+         "text/plain")]
+    assert delta == {**TWO_ANSWERED, "downstream_cx_protocol_error": 1, "downstream_rq_rx_reset": 1}
+    assert forwarded == ["/slow?2"]
+
+
+def test_pipelined_missing_host_is_refused_after_the_request_before_it(sidecar_run):
+    answered, lines, delta, forwarded = sidecar_run["pipelined_no_host_one_read"]
+    assert answered == 200
+    assert [normalized(line) for line in lines] == [
+        slow_line(3),
+        ("400", "-", "missing_host_header", "GET", "/nh2", "-", "HTTP/1.1", "0", "0", "-", "-", "-")]
+    assert delta == TWO_ANSWERED
+    assert forwarded == ["/slow?3"]

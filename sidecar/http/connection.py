@@ -17,11 +17,13 @@ from collections import deque
 from typing import TYPE_CHECKING, Any
 
 from sidecar.codec.events import Body, EndOfMessage, Headers, ParseError, RequestHead
-from sidecar.codec.http1 import (LAST_CHUNK, LOW_VERSION, REASONS, encode_chunk, encode_last_chunk,
+from sidecar.codec.http1 import (LAST_CHUNK, LOW_VERSION, encode_chunk, encode_last_chunk,
                                  serialize_response_head)
 from sidecar.http import local_reply
 from sidecar.flow_control import WriteFlowControl
 from sidecar.http.dates import http_date
+from sidecar.http.codec_errors import (answer_codec_error, answer_unparsed, parse_error,
+                                       protocol_error, take_up_held)
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyReset, BodyStream, DurationReached, Request, Response, StreamInfo
 from sidecar.http.request_headers import forwarded_headers
@@ -62,11 +64,11 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         self.idle = LazyDeadline(ctx.loop, self._idle_timeout)
         self.requests = 0
         # The codec's answer (flag DPE) to bytes it refused while a request was being
-        # answered: sent once that request is over (see _protocol_error).
+        # answered: sent once that request is over (see sidecar.http.codec_errors).
         self.codec_error: LocalReply | None = None
         # A request the codec refused (its body broke in the read that brought its head,
         # or it has no Host) and the error, held while requests before it are answered
-        # (see _parse_error).
+        # (see sidecar.http.codec_errors).
         self.held: tuple[RequestHead, ParseError] | None = None
 
     # --- asyncio.Protocol ------------------------------------------------------
@@ -92,7 +94,7 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         try:
             events = self.parser.feed(data)
         except ParseError as e:
-            self._parse_error(e)
+            parse_error(self, e)
             return
         self._dispatch(events)
 
@@ -146,7 +148,7 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         if head.version != "1.1":
             if not cfg.accept_http_10:
                 # Envoy's codec refuses it before the head is decoded: logged as "- -".
-                self._protocol_error(ParseError(426, LOW_VERSION))
+                protocol_error(self, ParseError(426, LOW_VERSION))
                 return
             if not authority:
                 authority = cfg.default_host_for_http_10
@@ -214,10 +216,10 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
                 # (Reading stays paused from the codec error on: only the error path gets here.)
                 if not self.queue:
                     if self.codec_error is not None:
-                        self._answer_unparsed(self.codec_error)
+                        answer_unparsed(self, self.codec_error)
                     else:
                         # Not now: finish(), our caller, goes on to the queue.
-                        self.ctx.loop.call_soon(self._take_up_held)
+                        self.ctx.loop.call_soon(take_up_held, self)
                 return
             self.reading_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]
@@ -286,7 +288,7 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
                 response = self._local_response(request, LocalReply(500, b"", "", "internal_error"))
         except asyncio.CancelledError:
             if self.codec_error is not None and not self.closing:
-                self._answer_codec_error(request, self.codec_error)
+                answer_codec_error(self, request, self.codec_error)
             else:
                 self._abandoned(request)
             raise
@@ -465,122 +467,6 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
             info.downstream_remote_address = self.peer
             info.downstream_local_address = self.local
             self._log(request, status, headers)
-
-    def _protocol_error(self, error: ParseError) -> None:
-        """The codec refused what the client sent.  As Envoy's codec errors: the reply is
-        ``error.status`` with its reason phrase as a text/plain body, then the connection
-        closes; the request it hit is logged with flag DPE and counted (downstream_rq_total,
-        the status class, downstream_cx_protocol_error, downstream_rq_rx_reset).  Bytes
-        before any request head are logged as a request with no headers ("- -")."""
-        if self.codec_error is not None:
-            return          # the dead parser saying it again: already being answered
-        if error.head is not None:
-            # A missing Host: the parser could not go on, but Envoy's connection manager
-            # refuses it (no DPE, no protocol error) with the head logged, after the
-            # requests before it.
-            self._hold(error.head, error)
-            return
-        stats = self.stats
-        stats.downstream_cx_protocol_error += 1
-        stats.downstream_rq_rx_reset += 1       # Envoy resets the stream after the reply
-        reply = LocalReply(error.status, REASONS.get(error.status, "").encode(), "DPE",
-                           error.details, close_connection=True)
-        if not self.queue:
-            self._answer_unparsed(reply)
-            return
-        self.codec_error = reply
-        if self.parsing is None:
-            # A later, pipelined message: Envoy answers the requests before it first.
-            # Reading stays paused; _resume_reading sends the reply once they are done.
-            self._pause_reading()
-            return
-        # The body of the request being answered broke off: its filter chain stops, and
-        # _respond answers the request with the reply (or, its response already begun,
-        # the connection is dropped).
-        self.parsing.reset(BodyReset("downstream protocol error"))
-        self.parsing = None
-        if self.task is not None:
-            self.task.cancel()
-        else:
-            self.transport.abort()  # type: ignore[union-attr]
-
-    def _parse_error(self, error: ParseError) -> None:
-        """The codec refused bytes of this read.  What it parsed before them
-        (``error.events``) is handled first, as Envoy's codec, which dispatches one request
-        at a time, does: earlier requests are answered, then the error is.  A request whose
-        body the error broke begins (its filter chain and router start, as Envoy's
-        decodeHeaders) once the requests before it are answered, and is then answered
-        by _protocol_error like one whose bad chunk came in a later read."""
-        events = error.events
-        end = len(events)
-        # Envoy holds a read's body until the read has parsed cleanly (or the message has
-        # ended): body bytes of the failing read after the last complete message are
-        # neither forwarded nor counted.
-        while end and type(events[end - 1]) is Body:
-            end -= 1
-        head = events[end - 1] if end else None
-        if type(head) is not RequestHead:
-            # Nothing, or complete requests: _protocol_error defers its reply after them.
-            self._dispatch(events[:end])
-            if not self.closing:
-                self._protocol_error(error)
-            return
-        self._dispatch(events[:end - 1])
-        if self.closing:
-            return
-        self._hold(head, error)
-
-    def _hold(self, head: RequestHead, error: ParseError) -> None:
-        """Take up a request the codec refused once the requests before it are answered
-        (Envoy's codec reads a pipelined request only then)."""
-        self.held = (head, error)
-        if self.queue:
-            self._pause_reading()       # _resume_reading takes it up once they are answered
-        else:
-            self._take_up_held()
-
-    def _take_up_held(self) -> None:
-        """Refuse the held request without a Host; or begin the one whose body broke the
-        codec and, once its task has taken its first step, answer it with the error."""
-        if self.held is None or self.closing:
-            return
-        head, error = self.held
-        self.held = None
-        if error.head is not None:
-            self.refuse(head, "", head.target, error.status, error.details)
-            return
-        self._on_head(head)
-        if not self.closing:
-            # call_soon runs after the task _start created: a task cancelled before its
-            # first step would never answer.
-            self.ctx.loop.call_soon(self._late_protocol_error, error)
-
-    def _late_protocol_error(self, error: ParseError) -> None:
-        if not self.closing:
-            self._protocol_error(error)
-
-    def _answer_unparsed(self, reply: LocalReply) -> None:
-        """Answer bytes that never made a request head (a codec error), and log them as a
-        request without headers, as Envoy does."""
-        headers = self._reject(reply.status, reply.body.decode("latin-1"), reply.details)
-        if self.ctx.access_logs:
-            # Envoy's stream has the codec's protocol (HTTP/1.1 until a head was decoded).
-            request = Request("", "", "", "", [], None)
-            info = request.info
-            info.start_time = self.ctx.loop.time()
-            info.set_flag(reply.flag)
-            info.response_code_details = reply.details
-            info.bytes_sent = len(reply.body)
-            info.downstream_remote_address = self.peer
-            info.downstream_local_address = self.local
-            self._log(request, reply.status, headers)
-
-    def _answer_codec_error(self, request: Request, reply: LocalReply) -> None:
-        """The request's own body broke the codec before its response began: answer it
-        with the codec's reply, flag DPE, and close (Envoy's sendLocalReply on the stream)."""
-        response = self._local_response(request, reply)
-        self._write_whole(request, response, self._frame(request, response))
-        self.finish(request, response.status, response.headers, False)
 
     def _send_and_close(self, reply: LocalReply) -> Headers:
         self.closing = True

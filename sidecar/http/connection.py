@@ -25,7 +25,8 @@ from sidecar.http.dates import http_date
 from sidecar.http.codec_errors import (answer_codec_error, answer_unparsed, parse_error,
                                        protocol_error, take_up_held)
 from sidecar.http.local_reply import LocalReply
-from sidecar.http.message import BodyReset, BodyStream, DurationReached, Request, Response, StreamInfo
+from sidecar.http.message import (BodyReset, BodyStream, DurationReached, Request, Response,
+                                 StreamInfo, UpstreamBodyReset)
 from sidecar.http.request_headers import forwarded_headers
 from sidecar.http.responding import add_date_server, local_response, log_access
 from sidecar.http.upgrade import HeldTunnelBytes, switch_protocols, upgrade_request_fields
@@ -435,7 +436,12 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
                 self._reset_mid_body()
                 return False
             # The upstream broke off mid-body: the client sees a truncated response
-            # and a closed connection, as with Envoy.
+            # and a closed connection; as Envoy, the reset counts both ways and the log
+            # line carries the upstream's break (flag and details).
+            if isinstance(reset, UpstreamBodyReset):
+                info.set_flag(reset.flag)
+                info.response_code_details = reset.details
+            stats.downstream_rq_rx_reset += 1
             transport.abort()  # type: ignore[union-attr]
             return False
         if chunked:

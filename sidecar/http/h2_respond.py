@@ -22,7 +22,7 @@ import h2.exceptions
 
 from sidecar.http.h2_stream import H2Stream
 from sidecar.http.local_reply import LocalReply
-from sidecar.http.message import BodyReset, BodyStream, DurationReached, Response
+from sidecar.http.message import BodyReset, BodyStream, Response, UpstreamBodyReset
 from sidecar.http.responding import add_date_server, local_response, log_access
 from sidecar.response_counts import count_class
 
@@ -190,11 +190,16 @@ async def respond(conn: Http2Connection, stream: H2Stream, response: Response) -
                 return False
     except BodyReset as reset:
         # The upstream broke off mid-body (or max_stream_duration expired): the client
-        # sees the stream reset.
+        # sees the stream reset (INTERNAL_ERROR), and the request is over now (Envoy logs
+        # it then, the upstream's break as its flag and details), not when the connection
+        # closes.
+        if isinstance(reset, UpstreamBodyReset):
+            info = stream.request.info
+            info.set_flag(reset.flag)
+            info.response_code_details = reset.details
         conn.stats.downstream_rq_tx_reset += 1
         reset_stream(conn, stream, _ERR.INTERNAL_ERROR)
-        if type(reset) is DurationReached:
-            reset_done(conn, stream, response.status, response.headers)
+        reset_done(conn, stream, response.status, response.headers)
         return False
     if stream.done or conn.closing:
         return False
@@ -317,8 +322,9 @@ def finish(conn: Http2Connection, stream: H2Stream, status: int, headers: list[t
 
 
 def reset_done(conn: Http2Connection, stream: H2Stream, status: int, headers: list[tuple[str, str]]) -> None:
-    """We reset the stream mid-response (max_stream_duration): as Envoy 1.40, counted as
-    reset both ways and as a response of the status already sent, and logged."""
+    """We reset the stream mid-response (max_stream_duration, or the upstream broke off):
+    as Envoy 1.40, counted as reset both ways and as a response of the status already
+    sent, and logged."""
     conn.stats.downstream_rq_rx_reset += 1
     body = stream.body
     if body is not None and not body.complete:

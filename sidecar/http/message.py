@@ -25,6 +25,17 @@ class BodyReset(Exception):
     """The body's producer went away before the end (peer reset or closed)."""
 
 
+class UpstreamBodyReset(BodyReset):
+    """The upstream broke off the response body after its head had been forwarded (Envoy's
+    reset after the response started): the request is logged with ``flag`` (UPE, UR, UC)
+    and ``details`` upstream_reset_after_response_started{<reason>}."""
+
+    def __init__(self, flag: str, reason: str) -> None:
+        super().__init__(f"upstream reset mid-body: {reason}")
+        self.flag = flag
+        self.details = f"upstream_reset_after_response_started{{{reason}}}"
+
+
 class DurationReached(BodyReset):
     """The route's max_stream_duration expired while the response body was still coming
     (filters/http/router/stream_duration.py): the connection manager resets the stream."""

@@ -12,7 +12,7 @@ from typing import TYPE_CHECKING, Any
 
 from sidecar.codec.events import Body, EndOfMessage, ParseError, ResponseHead
 from sidecar.flow_control import WriteFlowControl
-from sidecar.http.message import BodyReset, BodyStream
+from sidecar.http.message import BodyStream, UpstreamBodyReset
 from sidecar.timers import LazyDeadline
 
 if TYPE_CHECKING:
@@ -273,5 +273,7 @@ class Http1UpstreamConnection(WriteFlowControl, asyncio.Protocol):
         self._resolve(error)
         body = self.body
         if body is not None and not self.response_done:
-            body.reset(BodyReset("upstream connection closed mid-body"))
+            # Closed (or RST) mid-body, or bad framing: to Envoy's HTTP/1 codec all are a
+            # premature end of the message, a protocol error.
+            body.reset(UpstreamBodyReset("UPE", "protocol_error"))
 

@@ -25,9 +25,10 @@ import h2.errors
 
 from sidecar.codec.events import ResponseHead
 from sidecar.flow_control import WriteFlowControl
-from sidecar.http.message import BodyReset, BodyStream
+from sidecar.http.message import BodyStream, UpstreamBodyReset
 from sidecar.timers import LazyDeadline
-from sidecar.upstream.http1 import ResponseStart, UpstreamClosed, UpstreamTimeout, hand_over
+from sidecar.upstream.http1 import (ResponseStart, UpstreamClosed, UpstreamProtocolError,
+                                    UpstreamTimeout, hand_over)
 
 if TYPE_CHECKING:
     from sidecar.upstream.http2 import Http2UpstreamConnection
@@ -181,7 +182,7 @@ class Http2Stream(WriteFlowControl):
         self._drop_deadline()
         self._resolve(error)
         if self.body is not None and not self.response_done:
-            self.body.reset(BodyReset("upstream stream reset mid-body"))
+            self.body.reset(mid_body_reset(error))
         self.release_writers()
 
     def maybe_done(self) -> None:
@@ -191,3 +192,14 @@ class Http2Stream(WriteFlowControl):
             self.closed = True
             self._drop_deadline()
             self.conn.stream_done(self)
+
+
+def mid_body_reset(error: Exception) -> UpstreamBodyReset:
+    """How a stream that ended after its response head is logged, as Envoy 1.40: a
+    RST_STREAM is UR {remote_reset}, an HTTP/2 protocol error UPE {protocol_error}, the
+    connection closing (GOAWAY included) UC {connection_termination}."""
+    if isinstance(error, UpstreamReset):
+        return UpstreamBodyReset("UR", "remote_reset")
+    if isinstance(error, UpstreamProtocolError):
+        return UpstreamBodyReset("UPE", "protocol_error")
+    return UpstreamBodyReset("UC", "connection_termination")

@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import concurrent.futures
 import itertools
+import time
 
 import h2.errors
 import pytest
@@ -21,12 +22,15 @@ HTTP2 = {"envoy.extensions.upstreams.http.v3.HttpProtocolOptions": {
     "@type": "type.googleapis.com/envoy.extensions.upstreams.http.v3.HttpProtocolOptions",
     "explicit_http_config": {"http2_protocol_options": {}}}}
 _ids = itertools.count()
+LOG_FORMAT = "%RESPONSE_CODE% %RESPONSE_FLAGS% %RESPONSE_CODE_DETAILS% %BYTES_SENT%\n"
 
 
 def script(r: H2Received) -> H2Reply:
     path = r.path.split("?")[0]
     if path.startswith("/reset"):
         return H2Reply(reset=h2.errors.ErrorCodes.INTERNAL_ERROR)
+    if path.startswith("/cut"):
+        return H2Reply(200, chunks=[b"x" * 10], reset_after=h2.errors.ErrorCodes.INTERNAL_ERROR)
     if path.startswith("/bye"):
         return H2Reply(200, [("content-type", "text/plain")], [b"bye"], goaway=True)
     if path.startswith("/echo"):
@@ -97,6 +101,29 @@ def test_upstream_reset_is_503_remote_reset(proxy):
     r = request(proxy.ports["web"], unique("/reset"))
     assert r.status == 503
     assert r.body == b"upstream connect error or disconnect/reset before headers. reset reason: remote reset"
+
+
+@pytest.mark.parametrize("kind", KINDS)
+def test_reset_mid_body_resets_the_downstream_stream_logged_ur(kind, upstream, tmp_path):
+    """The upstream resets the stream after the response head went downstream: the client's
+    stream is reset, and the request logged at once with flag UR, as Envoy 1.40 does."""
+    log_path = tmp_path / "access.log"
+    routes = [{"match": {"prefix": "/"}, "route": {"cluster": "h2", "timeout": "5s"}}]
+    config = bootstrap([http_listener("web", [vhost(routes)], access_log=[{
+        "name": "envoy.access_loggers.file", "typed_config": {
+            "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3.FileAccessLog",
+            "path": str(log_path), "log_format": {"text_format": LOG_FORMAT}}}])],
+        [static_cluster("h2", upstream.port, typed_extension_protocol_options=HTTP2)])
+    with ProxyProcess(config, kind=kind, extra_args=["--file-flush-interval-msec", "20"]) as p:
+        with H2Client(p.ports["web"]) as client:
+            result = client.wait(client.request(unique("/cut")))
+            assert (result.status, bytes(result.body), result.reset) == (200, b"x" * 10, 2)
+            deadline = time.monotonic() + 5
+            while not (log_path.exists() and log_path.read_text()) and time.monotonic() < deadline:
+                time.sleep(0.02)
+            # (while the client's connection is still open: the stream is over)
+            assert log_path.read_text() == \
+                "200 UR upstream_reset_after_response_started{remote_reset} 10\n"
 
 
 def test_goaway_drains_the_connection_and_later_requests_go_on_a_new_one(proxy, upstream):

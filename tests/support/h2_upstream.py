@@ -2,7 +2,7 @@
 the h2 library's server side, scripted per request.
 
 ``handler(request) -> H2Reply`` decides each answer: headers, body chunks, trailers,
-a delay, a RST_STREAM, or a GOAWAY.  ``requests``, ``connections`` and ``resets``
+a delay, a RST_STREAM (instead of the answer, or after its body began), or a GOAWAY.  ``requests``, ``connections`` and ``resets``
 (stream ids the client reset) let tests see what crossed.
 """
 
@@ -48,6 +48,7 @@ class H2Reply:
     reset: int | None = None       # answer with RST_STREAM(this error code) instead
     goaway: bool = False           # send GOAWAY (last stream id: this one) after answering
     chunk_delay: float = 0.0       # seconds between body chunks (a trickling body)
+    reset_after: int | None = None  # RST_STREAM(this code) 0.2 s after the chunks (mid-body)
 
 
 def echo(request: H2Received) -> H2Reply:
@@ -136,7 +137,8 @@ class H2Upstream(ThreadedServer):
             conn.send_headers(sid, [(":status", str(reply.status)), *reply.headers],
                               end_stream=end_on_headers)
             for i, chunk in enumerate(reply.chunks):
-                last = i == len(reply.chunks) - 1 and reply.trailers is None
+                last = (i == len(reply.chunks) - 1 and reply.trailers is None
+                        and reply.reset_after is None)
                 if i and reply.chunk_delay:
                     writer.write(conn.data_to_send())
                     await asyncio.sleep(reply.chunk_delay)
@@ -152,7 +154,11 @@ class H2Upstream(ThreadedServer):
                     writer.write(conn.data_to_send())
                     window_opened.clear()
                     await window_opened.wait()
-            if reply.trailers is not None:
+            if reply.reset_after is not None:
+                writer.write(conn.data_to_send())
+                await asyncio.sleep(0.2)
+                conn.reset_stream(sid, reply.reset_after)
+            elif reply.trailers is not None:
                 conn.send_headers(sid, reply.trailers, end_stream=True)
             if reply.goaway:
                 conn.close_connection(last_stream_id=sid)

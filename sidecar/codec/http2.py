@@ -96,6 +96,10 @@ class H2Connection:
         self.inbuf = b""
         self.preface_left = b"" if client_side else PREFACE
         self.terminated = False          # our GOAWAY for an error (or close) is queued
+        # The stream whose request headers (or trailers) the ProtocolError being raised
+        # refused as malformed (RFC 9113 8.1.1), else 0: the connection manager counts and
+        # logs that stream (server side only).
+        self.malformed_stream = 0
         # A header block still waiting for its CONTINUATION frames.
         self.block_stream = 0
         self.block_flags = 0
@@ -542,8 +546,13 @@ class H2Connection:
         if not trailers:
             stream.headers_received = True
             stream.expected_length = 0 if stream.head_request else content_length(headers)
-        headers = process_received_headers(headers, trailers, client and not trailers, True, True,
-                                           self.header_encoding)
+        try:
+            headers = process_received_headers(headers, trailers, client and not trailers, True,
+                                               True, self.header_encoding)
+        except ProtocolError:
+            if not client:
+                self.malformed_stream = sid
+            raise
         if trailers:
             events.append(TrailersReceived(sid, headers))
         elif client:

@@ -33,7 +33,8 @@ from sidecar.codec.http2_events import (DataReceived, PriorityUpdated, RemoteSet
                                         RequestReceived, StreamReset, TrailersReceived,
                                         WindowUpdated)
 from sidecar.http.h2_guard import FloodGuard
-from sidecar.http.h2_intake import dispatch, on_data, on_request, on_reset, on_trailers
+from sidecar.http.h2_intake import (dispatch, malformed, on_data, on_request, on_reset,
+                                     on_trailers)
 from sidecar.http.h2_respond import abandon, on_window_update, wake_blocked
 from sidecar.http.h2_stream import H2Stream
 from sidecar.http.message import BodyReset
@@ -47,6 +48,11 @@ if TYPE_CHECKING:
 # connection ends (ENHANCE_YOUR_CALM).
 _DECODE_SLACK = 256 * 1024
 _ERR = h2.errors.ErrorCodes
+# Envoy's details for a malformed request: a pseudo-header missing or not allowed with the
+# others (the codec's messages for those say so), else a field that is invalid in itself.
+_MESSAGING_RULE = "http2.violation.of.messaging.rule"
+_INVALID_FIELD = "http2.invalid.header.field"
+_RULES = ("missing mandatory", "does not have an :authority", "ordinary connect")
 
 
 class Http2Connection(asyncio.Protocol):
@@ -214,14 +220,20 @@ class Http2Connection(asyncio.Protocol):
             self.closing = True
             self.transport.close()  # type: ignore[union-attr]
             return
+        malformed_stream = self.h2.malformed_stream
         if isinstance(error, h2.exceptions.DenialOfServiceError):
             self.h2stats.header_list_size_too_large += 1
         elif "continuation" in text:
             self.h2stats.header_overflow += 1       # a header block without end
-        elif "header" in text or "pseudo" in text:
+        elif malformed_stream or "header" in text or "pseudo" in text:
             # A malformed request (RFC 9113 8.1.1), not a framing error: Envoy's messaging error.
             self.h2stats.rx_messaging_error += 1
         self.close_with(None)
+        if malformed_stream:
+            # Envoy's codec had opened the stream before refusing its headers: it is
+            # counted and logged (after the close: nothing more is written for it).
+            malformed(self, malformed_stream, _MESSAGING_RULE if any(
+                rule in text for rule in _RULES) else _INVALID_FIELD)
 
     def close_with(self, code: int | None, protocol_error: bool = False) -> None:
         """Send a GOAWAY (``code``, or the one the codec already queued) and close."""

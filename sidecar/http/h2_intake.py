@@ -25,6 +25,7 @@ from sidecar.http.h2_respond import abandon, answered, serve, wake_window
 from sidecar.http.h2_stream import H2Stream, RequestWindow, header_limit, split_headers
 from sidecar.http.message import BodyReset, BodyStream, Request
 from sidecar.http.request_headers import forwarded_headers
+from sidecar.http.responding import log_access
 
 if TYPE_CHECKING:
     from sidecar.http.connection_h2 import Http2Connection
@@ -63,8 +64,8 @@ def on_request(conn: Http2Connection, event: RequestReceived) -> None:
         # No :authority nor Host, or a :path that is no path: a malformed request
         # ends the connection (Envoy).
         conn.h2stats.rx_messaging_error += 1
-        stats.downstream_rq_rx_reset += 1
         conn.close_with(_ERR.PROTOCOL_ERROR, protocol_error=True)
+        log_malformed(conn, "http2.violation.of.messaging.rule")
         return
     body = window = None
     if not event.ended:
@@ -123,6 +124,40 @@ def refuse(conn: Http2Connection, sid: int, stat: str, code: int = _ERR.INTERNAL
         conn.h2.reset_stream(sid, code)
     except h2.exceptions.StreamClosedError:
         pass
+
+
+def malformed(conn: Http2Connection, sid: int, details: str) -> None:
+    """The codec refused a header block of stream ``sid`` as malformed (RFC 9113 8.1.1) and
+    the connection is closing.  As Envoy, whose codec had opened the stream: a request's
+    headers count as a request and log as one without headers ("- - HTTP/2"); trailers
+    end their stream's request; both reset, flag DPE, code 0, the codec's ``details``."""
+    stream = conn.streams.get(sid)
+    if stream is not None:
+        conn.h2stats.trailers += 1
+        if stream.body is not None:
+            stream.body.reset(BodyReset("malformed trailers"))
+        abandon(conn, stream, "DPE", details)
+        return
+    stats = conn.stats
+    stats.downstream_rq_total += 1
+    stats.downstream_rq_http2_total += 1
+    log_malformed(conn, details)
+
+
+def log_malformed(conn: Http2Connection, details: str) -> None:
+    """A request refused as malformed before it had a stream of ours (already counted in
+    downstream_rq_total): reset, and logged without headers."""
+    conn.stats.downstream_rq_rx_reset += 1
+    ctx = conn.ctx
+    if ctx.access_logs:
+        request = Request("", "", "", "", [], None, "2")
+        info = request.info
+        info.start_time = ctx.loop.time()
+        info.set_flag("DPE")
+        info.response_code_details = details
+        info.downstream_remote_address = conn.peer
+        info.downstream_local_address = conn.local
+        log_access(ctx, request, 0, [])
 
 
 def on_data(conn: Http2Connection, event: DataReceived) -> None:

@@ -333,14 +333,16 @@ def reset_done(conn: Http2Connection, stream: H2Stream, status: int, headers: li
     finish(conn, stream, status, headers)
 
 
-def abandon(conn: Http2Connection, stream: H2Stream) -> None:
-    """The client reset the stream or went away before its response was fully written (DC)."""
+def abandon(conn: Http2Connection, stream: H2Stream, flag: str = "DC",
+            details: str = "downstream_remote_disconnect") -> None:
+    """The client reset the stream or went away before its response was fully written (DC);
+    or (``flag`` DPE) its trailers broke the protocol."""
     if stream.done:
         return
     closed(conn, stream)
     info = stream.request.info
-    info.set_flag("DC")
-    info.response_code_details = "downstream_remote_disconnect"
+    info.set_flag(flag)
+    info.response_code_details = details
     conn.stats.downstream_rq_rx_reset += 1
     task = stream.task
     if task is not None and not task.done() and task is not asyncio.current_task():

@@ -58,6 +58,7 @@ HOT_PATH = (
     "sidecar.upstream.lb",
     "sidecar.upstream.hash_lb",
     "sidecar.upstream.priority",
+    "sidecar.upstream.cx_destroy",
     "sidecar.upstream.connect_failure",
     "sidecar.upstream.http1",
     "sidecar.upstream.pool",

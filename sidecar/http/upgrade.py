@@ -200,7 +200,7 @@ def refuse_tunnel(conn: HttpConnection, request: Request, response: Response,
         if held:
             transport.write(held)
             upstream.pool.stats.upstream_cx_tx_bytes_total += len(held)
-        transport.close()       # after writing what it holds
+        upstream.close()        # after writing what it holds
     conn.finish(request, 101, headers, False)
 
 
@@ -298,6 +298,7 @@ class Tunnel:
             return
         self.http.transport.set_protocol(self.down)
         self.upstream.transport.set_protocol(self.up)
+        self.upstream.tunneled = True     # its close counts as one with an active request
         self._touch()
         # Both were counted as received on arrival: the client's held bytes by the
         # connection manager, the upstream's (in the read with the 101) by its connection.
@@ -339,6 +340,10 @@ class Tunnel:
             return
         self.idle.cancel()
         on_end(flag)
+        if flag != "UC":
+            # The client's end, or the idle timeout: sidecar closes the upstream side (the
+            # upstream's own close, "UC", is remote: cluster upstream_cx_destroy_remote).
+            self.upstream.closed_locally()
         for transport in (self.http.transport, self.upstream.transport):
             if not transport.is_closing():
                 transport.close()

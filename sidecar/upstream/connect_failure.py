@@ -15,6 +15,7 @@ from typing import TYPE_CHECKING
 
 from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
+from sidecar.upstream.cx_destroy import count_destroy
 
 if TYPE_CHECKING:
     from sidecar.upstream.pool import Http1Pool
@@ -30,12 +31,17 @@ def connect_failed(pool: Http1Pool | Http2Pool, error: OSError) -> Callable[[], 
     TimeoutError) is upstream_cx_connect_timeout and "connection timeout"; any
     other error (refused, unreachable, closed before the HTTP/2 SETTINGS) is
     "remote connection failure" with the socket's error text, as Envoy words it.
+    Either is also an upstream_cx_destroy, as in Envoy (sidecar/upstream/cx_destroy.py).
     A factory, not a reply: replies are mutable, so each request gets its own.
     """
     stats = pool.stats
     stats.upstream_cx_connect_fail += 1
     pool.cx_connect_fail += 1
-    if isinstance(error, TimeoutError):
+    timed_out = isinstance(error, TimeoutError)
+    # Envoy counts the connection's end too: its pool closes a connect that timed out
+    # (local); a refused one was closed by the other side (remote).  No request was on it.
+    count_destroy(stats, timed_out, False)
+    if timed_out:
         stats.upstream_cx_connect_timeout += 1
         return local_reply.connect_timeout
     log.debug("connect to %s:%s failed: %s", pool.address, pool.port, error)

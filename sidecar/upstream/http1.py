@@ -14,6 +14,7 @@ from sidecar.codec.events import Body, EndOfMessage, ParseError, ResponseHead
 from sidecar.flow_control import WriteFlowControl
 from sidecar.http.message import BodyStream, UpstreamBodyReset
 from sidecar.timers import LazyDeadline
+from sidecar.upstream.cx_destroy import CLOSER_LOCAL, CLOSER_NONE, CLOSER_REMOTE
 
 if TYPE_CHECKING:
     from sidecar.upstream.pool import Http1Pool
@@ -65,7 +66,7 @@ class Http1UpstreamConnection(WriteFlowControl, asyncio.Protocol):
                  "received_any", "request_done", "response_done", "reusable",
                  "requests", "drain_waiter", "write_paused", "idle_deadline", "interim",
                  "route_deadline",
-                 "high_watermark")
+                 "high_watermark", "closer", "tunneled")
 
     def __init__(self, pool: Http1Pool, parser: Any, high_watermark: int) -> None:
         self.pool = pool
@@ -89,6 +90,11 @@ class Http1UpstreamConnection(WriteFlowControl, asyncio.Protocol):
         self.route_deadline = LazyDeadline(loop, self.time_out)        # while awaiting a head
         self.interim = False
         self.high_watermark = high_watermark
+        # Who closed first (sidecar.upstream.cx_destroy): the pool counts the close by it.
+        self.closer = CLOSER_NONE
+        # Spliced to an upgraded client (sidecar/http/upgrade.py): an active request until
+        # the tunnel ends, as in Envoy.
+        self.tunneled = False
 
     # --- used by the router ----------------------------------------------------
 
@@ -109,11 +115,16 @@ class Http1UpstreamConnection(WriteFlowControl, asyncio.Protocol):
             self.head_waiter = asyncio.get_running_loop().create_future()
         else:
             self.on_head = on_head
+        # Every byte written to the upstream counts, as Envoy counts its socket's writes:
+        # the head (with any body bytes at hand) here, the rest of the body (chunk framing
+        # included) in ``write``.
+        self.pool.stats.upstream_cx_tx_bytes_total += len(data)
         self.transport.write(data)  # type: ignore[union-attr]
         return self.head_waiter
 
     def write(self, data: bytes) -> None:
         if not self.closed:
+            self.pool.stats.upstream_cx_tx_bytes_total += len(data)
             self.transport.write(data)  # type: ignore[union-attr]
 
     def finish_request(self) -> None:
@@ -138,7 +149,24 @@ class Http1UpstreamConnection(WriteFlowControl, asyncio.Protocol):
         """Drop the connection (the downstream went away or the request timed out)."""
         self.reusable = False
         if self.transport is not None and not self.closed:
+            self.closed_locally()
             self.transport.abort()
+
+    def close(self) -> None:
+        """Close the connection from our side, after writing what is buffered."""
+        if self.transport is not None and not self.closed:
+            self.closed_locally()
+            self.transport.close()
+
+    def closed_locally(self) -> None:
+        """Sidecar ends the connection (unless the upstream already did): a local destroy."""
+        if self.closer == CLOSER_NONE:
+            self.closer = CLOSER_LOCAL
+
+    @property
+    def active_rq(self) -> bool:
+        """A request is in flight: sent, its response not complete (or spliced to a tunnel)."""
+        return self.requests > 0 and (not self.response_done or self.tunneled)
 
     @property
     def usable(self) -> bool:
@@ -156,7 +184,7 @@ class Http1UpstreamConnection(WriteFlowControl, asyncio.Protocol):
         if self.head_waiter is None and self.on_head is None and self.body is None:
             # Bytes while idle: the upstream broke HTTP/1 framing; never reuse.
             self.reusable = False
-            self.transport.close()  # type: ignore[union-attr]
+            self.close()
             return
         try:
             events = self.parser.feed(data)
@@ -246,10 +274,15 @@ class Http1UpstreamConnection(WriteFlowControl, asyncio.Protocol):
         self.reusable = False
         self.pool.stats.upstream_cx_protocol_error += 1
         self._fail(UpstreamProtocolError("invalid HTTP/1 response"))
+        self.closed_locally()
         self.transport.abort()  # type: ignore[union-attr]
 
     def eof_received(self) -> bool:
         self.reusable = False
+        if self.closer == CLOSER_NONE:
+            # The upstream closed first: whatever we close meanwhile (a response that ends
+            # here goes back to the pool, which closes it) is its close, as Envoy counts it.
+            self.closer = CLOSER_REMOTE
         try:
             events = self.parser.feed_eof()
         except ParseError:

@@ -34,6 +34,7 @@ from sidecar.codec.http2_events import (ConnectionTerminated, DataReceived, Ping
                                         TrailersReceived, WindowUpdated)
 from sidecar.http.message import BodyStream
 from sidecar.timers import LazyDeadline
+from sidecar.upstream.cx_destroy import CLOSER_LOCAL, CLOSER_NONE, CLOSER_REMOTE
 from sidecar.upstream.http1 import UpstreamClosed, UpstreamProtocolError
 from sidecar.upstream.http2_headers import response_head
 from sidecar.upstream.http2_stream import Http2Stream, UpstreamRefused, UpstreamReset
@@ -73,6 +74,10 @@ class Http2UpstreamConnection(asyncio.Protocol):
         self.ready: asyncio.Future[None] = self.loop.create_future()
         self.ping_timeout_handle: asyncio.TimerHandle | None = None
         self.send_pending = False        # a _send is scheduled for this loop iteration
+        # Who closed first, and whether streams were open then (sidecar.upstream.cx_destroy):
+        # the pool counts the close by them.
+        self.closer = CLOSER_NONE
+        self.active_rq = False
 
     # --- capacity, as the pool sees it -------------------------------------------
 
@@ -200,8 +205,13 @@ class Http2UpstreamConnection(asyncio.Protocol):
             self._send()
         except h2.exceptions.ProtocolError:
             pass
-        self.pool.stats.upstream_cx_destroy_local += 1
+        self.closed_locally()
         self.transport.close()  # type: ignore[union-attr]
+
+    def closed_locally(self) -> None:
+        """Sidecar ends the connection (unless the upstream already did): a local destroy."""
+        if self.closer == CLOSER_NONE:
+            self.closer = CLOSER_LOCAL
 
     def _send_soon(self) -> None:
         """Write what the codec has queued at the end of this loop iteration: a request's HEADERS,
@@ -233,7 +243,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
 
     def _keepalive_failed(self) -> None:
         if not self.closed:
-            self.pool.stats.upstream_cx_destroy_local += 1
+            self.closed_locally()
             self.transport.abort()  # type: ignore[union-attr]
 
     # --- asyncio.Protocol --------------------------------------------------------
@@ -251,7 +261,10 @@ class Http2UpstreamConnection(asyncio.Protocol):
         except h2.exceptions.ProtocolError as e:
             self.pool.stats.upstream_cx_protocol_error += 1
             self._send()
+            # Its streams fail first, as a protocol error (not a connection termination):
+            # Envoy counts no *_with_active_rq for this close.
             self._fail_all(UpstreamProtocolError(f"HTTP/2 protocol error: {e}"))
+            self.closed_locally()
             self.transport.abort()  # type: ignore[union-attr]
             return
         self._handle(events)
@@ -326,6 +339,7 @@ class Http2UpstreamConnection(asyncio.Protocol):
                     streams.pop(sid).fail(UpstreamRefused())
                 self.pool.stream_released(self)
                 if not streams:
+                    self.closed_locally()
                     self.transport.close()  # type: ignore[union-attr]
             elif kind is PingAckReceived:
                 if self.ping_timeout_handle is not None:
@@ -368,8 +382,15 @@ class Http2UpstreamConnection(asyncio.Protocol):
             body.feed(chunk)
         return body
 
+    def eof_received(self) -> bool | None:
+        if self.closer == CLOSER_NONE:
+            self.closer = CLOSER_REMOTE         # the upstream closed first
+        return None                             # let the transport close
+
     def connection_lost(self, exc: Exception | None) -> None:
         self.closed = True
+        # Streams still open are reset by this close: Envoy's closed_with_active_rq.
+        self.active_rq = bool(self.streams)
         if not self.ready.done():
             self.ready.set_exception(ConnectionResetError("closed before the server's SETTINGS"))
         self.idle_deadline.cancel()

@@ -13,6 +13,7 @@ from typing import Any
 from sidecar.http import local_reply
 from sidecar.stats import ClusterStats
 from sidecar.upstream.connect_failure import connect_failed
+from sidecar.upstream.cx_destroy import CLOSER_LOCAL, count_destroy
 from sidecar.upstream.http1 import Http1UpstreamConnection
 
 
@@ -163,9 +164,7 @@ class Http1Pool:
             self.stats.upstream_cx_max_requests += 1
             conn.reusable = False
         if not conn.usable or self.closed:
-            if not conn.closed:
-                self.stats.upstream_cx_destroy_local += 1
-                conn.transport.close()  # type: ignore[union-attr]
+            conn.close()
             return
         if self.waiters and self._wake(conn):
             self.busy.add(conn)         # straight to a request waiting for a connection
@@ -178,19 +177,16 @@ class Http1Pool:
         if conn in self.idle:
             self.idle.remove(conn)
             self.stats.upstream_cx_idle_timeout += 1
-            self.stats.upstream_cx_destroy_local += 1
-            conn.transport.close()  # type: ignore[union-attr]
+            conn.close()
 
     def lost(self, conn: Http1UpstreamConnection) -> None:
-        """The connection closed (either side): forget it."""
+        """The connection closed (either side): count it, as Envoy, and forget it."""
         stats = self.stats
         stats.upstream_cx_active -= 1
-        stats.upstream_cx_destroy += 1
+        count_destroy(stats, conn.closer == CLOSER_LOCAL, conn.active_rq)
         self.busy.discard(conn)
         if conn in self.idle:
-            # Closed by the upstream while idle in the pool.
-            stats.upstream_cx_destroy_remote += 1
-            self.idle.remove(conn)
+            self.idle.remove(conn)      # closed by the upstream while idle in the pool
         if self.waiters:
             self._wake(None)            # its slot is free: a waiting request connects
 
@@ -200,5 +196,5 @@ class Http1Pool:
         while self.waiters and self._wake(None):
             pass                        # requests waiting for a connection connect anew
         for conn in self.idle:
-            conn.transport.close()  # type: ignore[union-attr]
+            conn.close()
         self.idle.clear()

@@ -22,6 +22,7 @@ from sidecar.http import local_reply
 from sidecar.http.local_reply import LocalReply
 from sidecar.stats import ClusterStats
 from sidecar.upstream.connect_failure import connect_failed
+from sidecar.upstream.cx_destroy import CLOSER_LOCAL, count_destroy
 from sidecar.upstream.http2 import (DEFAULT_CONNECTION_WINDOW, DEFAULT_STREAM_WINDOW,
                                     Http2UpstreamConnection)
 from sidecar.upstream.http2_stream import Http2Stream
@@ -187,7 +188,7 @@ class Http2Pool:
         self.connections.remove(conn)
         stats = self.stats
         stats.upstream_cx_active -= 1
-        stats.upstream_cx_destroy += 1
+        count_destroy(stats, conn.closer == CLOSER_LOCAL, conn.active_rq)
         if self.waiters:
             self._wake()            # they connect anew
 

@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import itertools
 
-import grpc
 import pytest
 
 from tests.http2.client import H2Client

@@ -8,7 +8,6 @@ import itertools
 import json
 import threading
 import time
-from pathlib import Path
 
 import pytest
 

@@ -24,9 +24,8 @@ from pathlib import Path
 import pytest
 
 from tests.http2.client import H2Client
-from tests.integration.test_codec_errors import FORMAT, normalized
-from tests.support.proxy import (ProxyProcess, bootstrap, envoy_binary, http_listener,
-                                 static_cluster, vhost)
+from tests.integration.test_codec_errors import config, normalized
+from tests.support.proxy import ProxyProcess, envoy_binary
 from tests.support.tcp_server import ThreadedTcpServer
 
 COUNTERS = ("http.web.downstream_rq_total", "http.web.downstream_rq_http2_total",
@@ -71,17 +70,6 @@ class BreakingUpstream(ThreadedTcpServer):
         for piece in BROKEN[data.split(b" ")[1].decode()]:
             conn.sendall(piece)
             time.sleep(0.3)
-
-
-def config(up_port: int, log_path: Path) -> dict:
-    return bootstrap(
-        [http_listener("web", [vhost([{"name": "r1", "match": {"prefix": "/"},
-                                       "route": {"cluster": "up"}}])],
-                       access_log=[{"name": "envoy.access_loggers.file", "typed_config": {
-                           "@type": "type.googleapis.com/envoy.extensions.access_loggers.file.v3"
-                                    ".FileAccessLog",
-                           "path": str(log_path), "log_format": {"text_format": FORMAT}}}])],
-        [static_cluster("up", up_port)])
 
 
 def counters(proxy: ProxyProcess) -> dict[str, int]:

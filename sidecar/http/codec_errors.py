@@ -78,7 +78,7 @@ def protocol_error(conn: HttpConnection, error: ParseError) -> None:
     conn.codec_error = reply
     if conn.parsing is None:
         # A later, pipelined message: Envoy answers the requests before it first.
-        # Reading stays paused; conn._resume_reading sends the reply once they are done.
+        # Reading stays paused; resume_after_error sends the reply once they are done.
         conn._pause_reading()
         return
     # The body of the request being answered broke off: its filter chain stops, and
@@ -92,12 +92,24 @@ def protocol_error(conn: HttpConnection, error: ParseError) -> None:
         conn.transport.abort()  # type: ignore[union-attr]
 
 
+def resume_after_error(conn: HttpConnection) -> None:
+    """The connection would read on, but a codec error (or a held request) is pending:
+    once the requests before it are answered, answer it (or take the request up)."""
+    if conn.queue:
+        return
+    if conn.codec_error is not None:
+        answer_unparsed(conn, conn.codec_error)
+    else:
+        # Not now: finish(), which got us here, goes on to the queue.
+        conn.ctx.loop.call_soon(take_up_held, conn)
+
+
 def hold(conn: HttpConnection, head: RequestHead, error: ParseError) -> None:
     """Take up a request the codec refused once the requests before it are answered
     (Envoy's codec reads a pipelined request only then)."""
     conn.held = (head, error)
     if conn.queue:
-        conn._pause_reading()       # conn._resume_reading takes it up once they are answered
+        conn._pause_reading()       # resume_after_error takes it up once they are answered
     else:
         take_up_held(conn)
 

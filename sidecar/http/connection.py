@@ -22,8 +22,8 @@ from sidecar.codec.http1 import (LAST_CHUNK, LOW_VERSION, encode_chunk, encode_l
 from sidecar.http import local_reply
 from sidecar.flow_control import WriteFlowControl
 from sidecar.http.dates import http_date
-from sidecar.http.codec_errors import (answer_codec_error, answer_unparsed, parse_error,
-                                       protocol_error, take_up_held)
+from sidecar.http.codec_errors import (answer_codec_error, parse_error, protocol_error,
+                                       resume_after_error)
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import (BodyReset, BodyStream, DurationReached, Request, Response,
                                  StreamInfo, UpstreamBodyReset)
@@ -214,13 +214,7 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
     def _resume_reading(self) -> None:
         if self.reading_paused and not self.closing and len(self.queue) <= 1:
             if self.codec_error is not None or self.held is not None:
-                # (Reading stays paused from the codec error on: only the error path gets here.)
-                if not self.queue:
-                    if self.codec_error is not None:
-                        answer_unparsed(self, self.codec_error)
-                    else:
-                        # Not now: finish(), our caller, goes on to the queue.
-                        self.ctx.loop.call_soon(take_up_held, self)
+                resume_after_error(self)    # reading stays paused from a codec error on
                 return
             self.reading_paused = False
             self.transport.resume_reading()  # type: ignore[union-attr]

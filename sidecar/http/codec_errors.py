@@ -21,6 +21,7 @@ from sidecar.codec.events import Body, ParseError, RequestHead
 from sidecar.codec.http1 import REASONS
 from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import BodyReset, Request
+from sidecar.http.responding import log_refused
 
 if TYPE_CHECKING:
     from sidecar.http.connection import HttpConnection
@@ -144,14 +145,9 @@ def answer_unparsed(conn: HttpConnection, reply: LocalReply) -> None:
     if conn.ctx.access_logs:
         # Envoy's stream has the codec's protocol (HTTP/1.1 until a head was decoded).
         request = Request("", "", "", "", [], None)
-        info = request.info
-        info.start_time = conn.ctx.loop.time()
-        info.set_flag(reply.flag)
-        info.response_code_details = reply.details
-        info.bytes_sent = len(reply.body)
-        info.downstream_remote_address = conn.peer
-        info.downstream_local_address = conn.local
-        conn._log(request, reply.status, headers)
+        request.info.bytes_sent = len(reply.body)
+        log_refused(conn.ctx, request, conn.peer, conn.local, reply.status, headers,
+                    reply.details, reply.flag)
 
 
 def answer_codec_error(conn: HttpConnection, request: Request, reply: LocalReply) -> None:

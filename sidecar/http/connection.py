@@ -28,7 +28,7 @@ from sidecar.http.local_reply import LocalReply
 from sidecar.http.message import (BodyReset, BodyStream, DurationReached, Request, Response,
                                  StreamInfo, UpstreamBodyReset)
 from sidecar.http.request_headers import forwarded_headers
-from sidecar.http.responding import add_date_server, local_response, log_access
+from sidecar.http.responding import add_date_server, local_response, log_access, log_refused
 from sidecar.http.upgrade import HeldTunnelBytes, switch_protocols, upgrade_request_fields
 from sidecar.response_counts import count_class
 from sidecar.timers import LazyDeadline
@@ -461,12 +461,7 @@ class HttpConnection(WriteFlowControl, asyncio.Protocol):
         if self.ctx.access_logs:
             request = Request(head.method, target, authority, "http", head.headers, None,
                               head.version)
-            info = request.info
-            info.start_time = self.ctx.loop.time()
-            info.response_code_details = details
-            info.downstream_remote_address = self.peer
-            info.downstream_local_address = self.local
-            self._log(request, status, headers)
+            log_refused(self.ctx, request, self.peer, self.local, status, headers, details)
 
     def _send_and_close(self, reply: LocalReply) -> Headers:
         self.closing = True

@@ -25,7 +25,7 @@ from sidecar.http.h2_respond import abandon, answered, serve, wake_window
 from sidecar.http.h2_stream import H2Stream, RequestWindow, header_limit, split_headers
 from sidecar.http.message import BodyReset, BodyStream, Request
 from sidecar.http.request_headers import forwarded_headers
-from sidecar.http.responding import log_access
+from sidecar.http.responding import log_refused
 
 if TYPE_CHECKING:
     from sidecar.http.connection_h2 import Http2Connection
@@ -148,16 +148,9 @@ def log_malformed(conn: Http2Connection, details: str) -> None:
     """A request refused as malformed before it had a stream of ours (already counted in
     downstream_rq_total): reset, and logged without headers."""
     conn.stats.downstream_rq_rx_reset += 1
-    ctx = conn.ctx
-    if ctx.access_logs:
-        request = Request("", "", "", "", [], None, "2")
-        info = request.info
-        info.start_time = ctx.loop.time()
-        info.set_flag("DPE")
-        info.response_code_details = details
-        info.downstream_remote_address = conn.peer
-        info.downstream_local_address = conn.local
-        log_access(ctx, request, 0, [])
+    if conn.ctx.access_logs:
+        log_refused(conn.ctx, Request("", "", "", "", [], None, "2"), conn.peer, conn.local,
+                    0, [], details, "DPE")
 
 
 def on_data(conn: Http2Connection, event: DataReceived) -> None:

@@ -58,6 +58,20 @@ def add_date_server(headers: Headers, cfg: model.HttpConnectionManager) -> None:
             headers.append(("server", cfg.server_name))
 
 
+def log_refused(ctx: Any, request: Request, peer: Any, local: Any, status: int, headers: Headers,
+                details: str, flag: str = "") -> None:
+    """Log a request the connection manager or its codec refused before any filter saw it
+    (``request`` made up for the line: the head as read, or empty when none was)."""
+    info = request.info
+    info.start_time = ctx.loop.time()
+    if flag:
+        info.set_flag(flag)
+    info.response_code_details = details
+    info.downstream_remote_address = peer
+    info.downstream_local_address = local
+    log_access(ctx, request, status, headers)
+
+
 def log_access(ctx: Any, request: Request, status: int, headers: Headers) -> None:
     """One line per configured access log (status 0: never answered, as Envoy logs it)."""
     info = request.info
